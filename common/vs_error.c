@@ -1,0 +1,90 @@
+#include "vs_error.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+int vs_fail(struct vs_error *err, int code, const char *fmt, ...)
+{
+    if (code > 0)
+        code = -code;
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof(err->message), fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+int vs_error_prefix(struct vs_error *err, const char *fmt, ...)
+{
+    if (!err)
+        return -EIO;
+    char prefix[512], old[sizeof(err->message)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof(prefix), fmt, ap);
+    va_end(ap);
+    memcpy(old, err->message, sizeof(old));
+    size_t n = strlen(prefix);
+    if (n > sizeof(err->message) - 3)
+        n = sizeof(err->message) - 3;
+    memcpy(err->message, prefix, n);
+    memcpy(err->message + n, ": ", 2);
+    size_t rest = strnlen(old, sizeof(old) - 1);
+    if (rest > sizeof(err->message) - n - 3)
+        rest = sizeof(err->message) - n - 3;
+    memcpy(err->message + n + 2, old, rest);
+    err->message[n + 2 + rest] = 0;
+    return err->code;
+}
+
+void vs_error_clear(struct vs_error *err)
+{
+    if (err) {
+        err->code = 0;
+        err->message[0] = '\0';
+    }
+}
+
+int vs_error_is_bad_input(int code)
+{
+    return code == -EBADMSG || code == -ENAMETOOLONG || code == -ENOTSUP || code == -EILSEQ;
+}
+
+void vs_hex_encode(const uint8_t *in, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int vs_hex_decode(const char *hex, uint8_t *out, size_t cap)
+{
+    size_t len = strlen(hex);
+    if (len % 2 || len / 2 > cap)
+        return -1;
+    for (size_t i = 0; i < len / 2; i++) {
+        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return (int)(len / 2);
+}

@@ -1,0 +1,236 @@
+#include "snapshotter.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The sink between the image writer and the file: writes the bytes and hashes whole data blocks as they pass, so
+ * the tree is ready when the image is (blocks may come in any order; a sequential stream may split blocks). */
+struct layer_sink {
+    int fd; /* -1: hash only */
+    struct verity_builder *builder;
+    uint32_t dbs;
+    uint8_t *carry; /* a partial data block of a sequential stream */
+    size_t carry_len;
+    uint64_t carry_offset;
+};
+
+static int write_all(int fd, const void *data, size_t len, uint64_t offset, struct vs_error *err)
+{
+    const uint8_t *p = data;
+    while (len > 0) {
+        ssize_t n = pwrite(fd, p, len, (off_t)offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return vs_fail(err, -errno, "writing the layer file at offset %llu: %s", (unsigned long long)offset,
+                           strerror(errno));
+        p += n;
+        len -= (size_t)n;
+        offset += (uint64_t)n;
+    }
+    return 0;
+}
+
+static int sink_write(void *ctx, uint64_t offset, const void *data, size_t len, struct vs_error *err)
+{
+    struct layer_sink *s = ctx;
+    if (s->fd >= 0) {
+        int rc = write_all(s->fd, data, len, offset, err);
+        if (rc < 0)
+            return rc;
+    }
+    if (!s->builder)
+        return 0;
+    const uint8_t *p = data;
+    if (s->carry_len > 0 || offset % s->dbs != 0) {
+        if (offset != s->carry_offset + s->carry_len)
+            return vs_fail(err, -EINVAL, "internal: unaligned write at %llu is not sequential",
+                           (unsigned long long)offset);
+        size_t n = s->dbs - s->carry_len;
+        if (n > len)
+            n = len;
+        memcpy(s->carry + s->carry_len, p, n);
+        s->carry_len += n;
+        p += n;
+        len -= n;
+        offset += n;
+        if (s->carry_len < s->dbs)
+            return 0;
+        int rc = verity_builder_add_block(s->builder, s->carry_offset / s->dbs, s->carry, err);
+        if (rc < 0)
+            return rc;
+        s->carry_len = 0;
+    }
+    size_t whole = len / s->dbs * s->dbs;
+    if (whole) {
+        int rc = verity_builder_add_blocks(s->builder, offset / s->dbs, p, whole, err);
+        if (rc < 0)
+            return rc;
+    }
+    if (len > whole) {
+        s->carry_offset = offset + whole;
+        s->carry_len = len - whole;
+        memcpy(s->carry, p + whole, s->carry_len);
+    }
+    return 0;
+}
+
+void layer_file_options_default(struct layer_file_options *opts)
+{
+    memset(opts, 0, sizeof(*opts));
+    opts->tarfs.format = TARFS_FORMAT_EROFS;
+    opts->verity = true;
+    verity_params_default(&opts->params);
+    opts->sidecar = true;
+}
+
+/* tardev's fixed parameters: what AKS guests read from the trailer and policies hash. */
+static void tardev_params(struct verity_params *p)
+{
+    verity_params_default(p);
+    p->superblock = false;
+}
+
+struct temp_file {
+    char *path;
+    int fd;
+};
+
+static int temp_open(const char *out_path, struct temp_file *t, struct vs_error *err)
+{
+    char *copy = strdup(out_path);
+    if (!copy)
+        return vs_fail(err, -ENOMEM, "out of memory");
+    const char *base = basename(copy);
+    char *dir_copy = strdup(out_path);
+    const char *dir = dir_copy ? dirname(dir_copy) : ".";
+    size_t len = strlen(dir) + strlen(base) + 16;
+    t->path = malloc(len);
+    int rc = 0;
+    if (!t->path || !dir_copy) {
+        rc = vs_fail(err, -ENOMEM, "out of memory");
+    } else {
+        snprintf(t->path, len, "%s/.%s.XXXXXX", dir, base);
+        t->fd = mkostemp(t->path, O_CLOEXEC);
+        if (t->fd < 0)
+            rc = vs_fail(err, -errno, "creating a temporary file next to '%s': %s", out_path, strerror(errno));
+    }
+    if (rc < 0) {
+        free(t->path);
+        t->path = NULL;
+    }
+    free(copy);
+    free(dir_copy);
+    return rc;
+}
+
+static int fsync_parent(const char *path, struct vs_error *err)
+{
+    char *copy = strdup(path);
+    if (!copy)
+        return vs_fail(err, -ENOMEM, "out of memory");
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = 0;
+    if (fd < 0 || fsync(fd) < 0)
+        rc = vs_fail(err, -errno, "syncing the directory of '%s': %s", path, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    free(copy);
+    return rc;
+}
+
+/* The tree goes straight to the file (or nowhere): it is not data to hash. */
+static int tree_write(void *ctx, uint64_t offset, const void *data, size_t len, struct vs_error *err)
+{
+    struct layer_sink *s = ctx;
+    return s->fd >= 0 ? write_all(s->fd, data, len, offset, err) : 0;
+}
+
+static int build(int in_fd, const char *dir, const char *out_path, const struct layer_file_options *opts,
+                 struct layer_file_result *result, struct vs_error *err)
+{
+    memset(result, 0, sizeof(*result));
+    struct verity_params params = opts->params;
+    bool tarfs = opts->tarfs.format == TARFS_FORMAT_TARFS;
+    bool verity = opts->verity || tarfs;
+    if (tarfs)
+        tardev_params(&params);
+    if (verity) {
+        int rc = verity_params_check(&params, err);
+        if (rc < 0)
+            return rc;
+    }
+    struct temp_file tmp = {NULL, -1};
+    struct layer_sink s = {.fd = -1, .dbs = params.data_block_size};
+    int rc = 0;
+    if (out_path)
+        rc = temp_open(out_path, &tmp, err);
+    s.fd = tmp.fd;
+    if (rc == 0 && verity) {
+        s.builder = verity_builder_new(&params, err);
+        s.carry = malloc(s.dbs);
+        if (!s.builder || !s.carry)
+            rc = err && err->code ? err->code : vs_fail(err, -ENOMEM, "out of memory");
+    }
+    struct tarfs_sink sink = {sink_write, &s};
+    if (rc == 0)
+        rc = dir ? tarfs_convert_dir(dir, &opts->tarfs, &sink, &result->image, err)
+                 : tarfs_convert_fd(in_fd, &opts->tarfs, &sink, &result->image, err);
+    result->file_size = result->image.image_size;
+    if (rc == 0 && s.carry_len)
+        rc = vs_fail(err, -EINVAL, "internal: the image does not end on a data block boundary");
+    if (rc == 0 && verity) {
+        uint64_t data_blocks = result->image.image_size / params.data_block_size;
+        rc = verity_builder_finish(s.builder, data_blocks, result->image.image_size,
+                                   tree_write, &s, &result->layout, err);
+        result->verity = rc == 0;
+        result->file_size = result->layout.file_size;
+    }
+    if (rc == 0 && tarfs) {
+        uint8_t trailer[VERITY_TARDEV_TRAILER_SIZE];
+        verity_tardev_trailer(&result->layout, trailer);
+        if (s.fd >= 0)
+            rc = write_all(s.fd, trailer, sizeof(trailer), result->file_size, err);
+        result->file_size += sizeof(trailer);
+    }
+    if (rc == 0 && s.fd >= 0) {
+        if (ftruncate(s.fd, (off_t)result->file_size) < 0 || fchmod(s.fd, 0644) < 0 || fsync(s.fd) < 0)
+            rc = vs_fail(err, -errno, "finishing '%s': %s", tmp.path, strerror(errno));
+        if (rc == 0 && rename(tmp.path, out_path) < 0)
+            rc = vs_fail(err, -errno, "renaming the layer file to '%s': %s", out_path, strerror(errno));
+        else if (rc == 0) {
+            rc = fsync_parent(out_path, err);
+            if (rc == 0 && verity && opts->sidecar)
+                rc = verity_sidecar_write(out_path, &result->layout, err);
+            if (rc < 0)
+                unlink(out_path); /* ours: renamed a moment ago */
+        }
+    }
+    if (s.fd >= 0) {
+        close(s.fd);
+        if (rc < 0)
+            unlink(tmp.path);
+    }
+    free(tmp.path);
+    free(s.carry);
+    verity_builder_free(s.builder);
+    return rc;
+}
+
+int layer_file_build_fd(int in_fd, const char *out_path, const struct layer_file_options *opts,
+                        struct layer_file_result *result, struct vs_error *err)
+{
+    return build(in_fd, NULL, out_path, opts, result, err);
+}
+
+int layer_file_build_dir(const char *dir, const char *out_path, const struct layer_file_options *opts,
+                         struct layer_file_result *result, struct vs_error *err)
+{
+    return build(-1, dir, out_path, opts, result, err);
+}
