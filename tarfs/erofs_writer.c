@@ -10,14 +10,8 @@
 
 #define STAGE_BLOCKS 256 /* 1 MiB of file data per sink write */
 #define DEFAULT_TAIL_BUDGET (24u << 20)
-#define MAX_HOLES 256
 /* Room every inode needs in front of an inline tail: an extended inode is the larger core. */
 #define TAIL_RESERVE 64u
-
-struct hole {
-    uint64_t pos;  /* byte offset from the metadata area's start */
-    uint32_t free; /* bytes to the end of its block */
-};
 
 struct erofs_writer {
     struct tarfs_sink sink;
@@ -36,8 +30,6 @@ struct erofs_writer {
     int64_t epoch;
     uint64_t meta_blkaddr;
     uint64_t meta_end; /* bytes used in the metadata area */
-    struct hole holes[MAX_HOLES];
-    size_t hole_count;
     /* Sequential metadata output. */
     uint8_t block[EROFS_BLKSZ];
     uint64_t block_index; /* image block number of block[] */
@@ -365,41 +357,6 @@ static bool needs_extended(const struct erofs_writer *w, const struct tree_inode
            inode->nlink > UINT16_MAX || inode->mtime != w->epoch || inode->mtime_nsec != 0;
 }
 
-/* Reserves `len` bytes for an inode unit; `one_block` keeps it inside one block (inline tails). */
-static uint64_t meta_alloc(struct erofs_writer *w, uint32_t len, bool one_block)
-{
-    uint32_t rounded = (len + EROFS_SLOT - 1) & ~(EROFS_SLOT - 1u);
-    for (size_t i = 0; i < w->hole_count; i++) {
-        if (w->holes[i].free >= len) {
-            uint64_t pos = w->holes[i].pos;
-            if (w->holes[i].free >= rounded + EROFS_SLOT) {
-                w->holes[i].pos += rounded;
-                w->holes[i].free -= rounded;
-            } else {
-                w->holes[i] = w->holes[--w->hole_count];
-            }
-            return pos;
-        }
-    }
-    uint32_t room = EROFS_BLKSZ - (uint32_t)(w->meta_end % EROFS_BLKSZ);
-    if (one_block && len > room) {
-        if (room >= EROFS_SLOT) {
-            if (w->hole_count == MAX_HOLES) {
-                size_t smallest = 0;
-                for (size_t i = 1; i < w->hole_count; i++)
-                    if (w->holes[i].free < w->holes[smallest].free)
-                        smallest = i;
-                w->holes[smallest] = w->holes[--w->hole_count];
-            }
-            w->holes[w->hole_count++] = (struct hole){w->meta_end, room};
-        }
-        w->meta_end += room;
-    }
-    uint64_t pos = w->meta_end;
-    w->meta_end += rounded;
-    return pos;
-}
-
 static int layout(struct erofs_writer *w, struct vs_error *err)
 {
     tree_sort(w->tree);
@@ -438,21 +395,117 @@ static int layout_dir(void *ctx, struct tree_node *dir)
     return 0;
 }
 
+/* Metadata packing: every inode unit (core + inline xattrs + inline tail) is known before anything is written, so
+ * units are packed first-fit decreasing into blocks (a unit with an inline tail must not cross a block); a segment
+ * tree over the blocks' free bytes finds the first block that fits in O(log n). The root goes first so that its
+ * nid fits the superblock's 16 bits. Units too large for one block (huge xattr sets) go after all blocks. */
+struct packer {
+    uint32_t *tree; /* max free bytes per subtree; leaves are blocks */
+    uint32_t *used; /* bytes used per block */
+    size_t leaves, blocks;
+};
+
+static void packer_update(struct packer *p, size_t block)
+{
+    size_t i = p->leaves + block;
+    p->tree[i] = EROFS_BLKSZ - p->used[block];
+    for (i /= 2; i >= 1; i /= 2)
+        p->tree[i] = p->tree[2 * i] > p->tree[2 * i + 1] ? p->tree[2 * i] : p->tree[2 * i + 1];
+}
+
+/* First block (lowest index) with at least len free bytes; opens a new block when none has. */
+static size_t packer_find(struct packer *p, uint32_t len)
+{
+    if (p->tree[1] < len)
+        return p->blocks;
+    size_t i = 1;
+    while (i < p->leaves)
+        i = p->tree[2 * i] >= len ? 2 * i : 2 * i + 1;
+    return i - p->leaves;
+}
+
+struct unit {
+    struct tree_inode *inode;
+    uint32_t len;
+    uint32_t order;
+};
+
+static int unit_cmp(const void *pa, const void *pb)
+{
+    const struct unit *a = pa, *b = pb;
+    if (a->len != b->len)
+        return a->len > b->len ? -1 : 1;
+    return a->order < b->order ? -1 : a->order > b->order;
+}
+
+static uint32_t unit_len(const struct tree_inode *inode)
+{
+    uint32_t tail = S_ISDIR(inode->mode) ? inode->dir_tail_len : inode->tail_len;
+    uint32_t len = inode_core_size(inode) + inode->xattr_isize + (inode->inline_tail ? tail : 0);
+    return (len + EROFS_SLOT - 1) & ~(EROFS_SLOT - 1u);
+}
+
 static int place_inodes(struct erofs_writer *w, struct vs_error *err)
 {
     w->meta_blkaddr = w->next_block;
-    w->meta_end = EROFS_SLOT; /* nid 0 would be inode number 0, which some tools skip */
-    for (size_t i = 0; i < w->order_count; i++) {
+    size_t n = w->order_count;
+    struct unit *units = calloc(n ? n : 1, sizeof(*units));
+    struct packer p = {0};
+    p.leaves = 1;
+    while (p.leaves < n + 1)
+        p.leaves *= 2;
+    p.tree = calloc(2 * p.leaves, sizeof(*p.tree));
+    p.used = calloc(p.leaves, sizeof(*p.used));
+    if (!units || !p.tree || !p.used) {
+        free(units);
+        free(p.tree);
+        free(p.used);
+        return vs_fail(err, -ENOMEM, "out of memory");
+    }
+    size_t count = 0;
+    uint64_t oversized = 0;
+    for (size_t i = 0; i < n; i++) {
         struct tree_inode *inode = w->order[i];
         if (S_ISREG(inode->mode) || S_ISLNK(inode->mode))
             inode->inline_tail = inode->tail != NULL;
-        uint32_t tail = S_ISDIR(inode->mode) ? inode->dir_tail_len : inode->tail_len;
-        uint32_t len = inode_core_size(inode) + inode->xattr_isize + (inode->inline_tail ? tail : 0);
-        uint64_t pos = meta_alloc(w, len, inode->inline_tail);
-        inode->nid = pos / EROFS_SLOT;
-        inode->pos = w->meta_blkaddr * EROFS_BLKSZ + pos;
-        if (i == 0 && inode->nid > UINT16_MAX)
-            return vs_fail(err, -EFBIG, "root inode does not fit a 16-bit nid");
+        uint32_t len = unit_len(inode);
+        if (i == 0) {
+            /* nid 0 would be inode number 0, which some tools skip: the root starts at slot 1. */
+            p.used[0] = EROFS_SLOT + len;
+            p.blocks = 1;
+            inode->pos = EROFS_SLOT;
+            packer_update(&p, 0);
+        } else if (len > EROFS_BLKSZ) {
+            oversized++;
+            inode->pos = UINT64_MAX;
+        } else {
+            units[count++] = (struct unit){inode, len, (uint32_t)i};
+        }
+    }
+    qsort(units, count, sizeof(*units), unit_cmp);
+    for (size_t i = 0; i < count; i++) {
+        size_t b = packer_find(&p, units[i].len);
+        if (b == p.blocks)
+            p.blocks++;
+        units[i].inode->pos = (uint64_t)b * EROFS_BLKSZ + p.used[b];
+        p.used[b] += units[i].len;
+        packer_update(&p, b);
+    }
+    w->meta_end = (uint64_t)p.blocks * EROFS_BLKSZ;
+    for (size_t i = 0; oversized && i < n; i++) {
+        struct tree_inode *inode = w->order[i];
+        if (inode->pos != UINT64_MAX)
+            continue;
+        inode->pos = w->meta_end; /* may cross blocks: only the core and xattrs, no inline tail */
+        w->meta_end += unit_len(inode);
+    }
+    free(units);
+    free(p.tree);
+    free(p.used);
+    for (size_t i = 0; i < n; i++) {
+        struct tree_inode *inode = w->order[i];
+        inode->nid = inode->pos / EROFS_SLOT;
+        inode->pos += w->meta_blkaddr * EROFS_BLKSZ;
     }
     uint64_t meta_blocks = (w->meta_end + EROFS_BLKSZ - 1) / EROFS_BLKSZ;
     if (w->meta_blkaddr + meta_blocks > UINT32_MAX)

@@ -1277,13 +1277,15 @@ static int check_end(struct tardev_index *idx, struct vs_error *err)
         return 0;
     case ST_HEADER:
         if (idx->hdr_fill)
-            return bad_tar(idx, err, idx->pos, "truncated header");
+            return bad_tar(idx, err, idx->pos - idx->hdr_fill, "truncated header");
         if (idx->processed)
             return bad_tar(idx, err, idx->pos, "extension headers with no member after them");
         return 0;
     case ST_SEEK:
     case ST_EXT_DATA:
-        return bad_tar(idx, err, idx->pos, "truncated entry data");
+        return fail(idx, err, -EBADMSG, "tar stream: truncated: it ends at byte %llu, inside the data of the entry "
+                    "whose header is at byte %llu", (unsigned long long)idx->pos,
+                    (unsigned long long)idx->header_pos);
     case ST_SPARSE_EXT:
         return bad_tar(idx, err, idx->pos, "truncated GNU sparse extension header");
     case ST_FAILED:
