@@ -8,7 +8,6 @@
 #include "sources.h"
 #include "tardev_index.h"
 
-#define TARFS_CHUNK (1u << 20)
 
 const char *tarfs_format_name(enum tarfs_format format)
 {
@@ -99,27 +98,19 @@ static int convert_tarfs(struct layer_stream *s, const struct tarfs_options *opt
                          struct tarfs_result *result, struct vs_error *err)
 {
     struct tardev_index *idx = tardev_index_new(opts->warning, opts->warning_ctx, opts->strict, err);
-    uint8_t *buf = malloc(TARFS_CHUNK);
-    int rc = idx && buf ? 0 : (err && err->code ? err->code : vs_fail(err, -ENOMEM, "out of memory"));
+    int rc = idx ? 0 : (err && err->code ? err->code : vs_fail(err, -ENOMEM, "out of memory"));
     uint64_t offset = 0;
     while (rc == 0) {
-        /* Fill whole chunks so the sink sees large sequential writes. */
-        size_t have = 0;
-        long n = 1;
-        while (have < TARFS_CHUNK && (n = layer_stream_read(s, buf + have, TARFS_CHUNK - have, err)) > 0)
-            have += (size_t)n;
-        if (n < 0) {
+        const void *chunk;
+        long n = layer_stream_next(s, &chunk, err);
+        if (n <= 0) {
             rc = (int)n;
             break;
         }
-        if (have == 0)
-            break;
-        rc = tardev_index_feed(idx, buf, have, err);
+        rc = tardev_index_feed(idx, chunk, (size_t)n, err);
         if (rc == 0)
-            rc = sink->write(sink->ctx, offset, buf, have, err);
-        offset += have;
-        if (n == 0)
-            break;
+            rc = sink->write(sink->ctx, offset, chunk, (size_t)n, err);
+        offset += (uint64_t)n;
     }
     uint64_t index_size = 0;
     if (rc == 0)
@@ -131,7 +122,6 @@ static int convert_tarfs(struct layer_stream *s, const struct tarfs_options *opt
         result->blocks = result->image_size / TARFS_BLOCK_SIZE;
     }
     tardev_index_free(idx);
-    free(buf);
     return rc;
 }
 

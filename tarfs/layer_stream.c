@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <isa-l/igzip_lib.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
@@ -9,6 +10,13 @@
 #include "common/vs_digest.h"
 
 #define IN_CAP (256u << 10)
+#define CHUNK (1u << 20)
+#define RING 4
+
+struct chunk {
+    uint8_t *data;
+    size_t len;
+};
 
 struct layer_stream {
     tarfs_read_fn read_fn;
@@ -24,7 +32,21 @@ struct layer_stream {
     struct inflate_state *gz;
     ZSTD_DCtx *zstd;
     struct vs_sha256 *sha;
+    /* Ring between the producer thread and the reader. */
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t lock;
+    pthread_cond_t not_empty, not_full;
+    struct chunk ring[RING];
+    unsigned head, filled;
+    bool holding, stop, producer_done;
+    int producer_rc;
+    struct vs_error producer_err;
+    const void *pending; /* layer_stream_read's view into the held chunk */
+    size_t pending_len;
 };
+
+static void *producer_run(void *arg);
 
 static int fill(struct layer_stream *s, struct vs_error *err)
 {
@@ -55,6 +77,18 @@ void layer_stream_free(struct layer_stream *s)
 {
     if (!s)
         return;
+    if (s->thread_started) {
+        pthread_mutex_lock(&s->lock);
+        s->stop = true;
+        pthread_cond_signal(&s->not_full);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->thread, NULL);
+    }
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->not_empty);
+    pthread_cond_destroy(&s->not_full);
+    for (unsigned i = 0; i < RING; i++)
+        free(s->ring[i].data);
     free(s->in);
     free(s->gz);
     ZSTD_freeDCtx(s->zstd);
@@ -70,6 +104,16 @@ struct layer_stream *layer_stream_new(tarfs_read_fn read_fn, void *read_ctx, enu
         layer_stream_free(s);
         vs_fail(err, -ENOMEM, "out of memory");
         return NULL;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->not_empty, NULL);
+    pthread_cond_init(&s->not_full, NULL);
+    for (unsigned i = 0; i < RING; i++) {
+        if (!(s->ring[i].data = malloc(CHUNK))) {
+            layer_stream_free(s);
+            vs_fail(err, -ENOMEM, "out of memory");
+            return NULL;
+        }
     }
     s->read_fn = read_fn;
     s->read_ctx = read_ctx;
@@ -103,6 +147,13 @@ struct layer_stream *layer_stream_new(tarfs_read_fn read_fn, void *read_ctx, enu
         vs_fail(err, -ENOMEM, "out of memory");
         return NULL;
     }
+    int rc = pthread_create(&s->thread, NULL, producer_run, s);
+    if (rc != 0) {
+        layer_stream_free(s);
+        vs_fail(err, -rc, "cannot start the decompression thread");
+        return NULL;
+    }
+    s->thread_started = true;
     return s;
 }
 
@@ -227,7 +278,8 @@ static long read_zstd(struct layer_stream *s, uint8_t *buf, size_t cap, struct v
     }
 }
 
-long layer_stream_read(struct layer_stream *s, void *buf, size_t cap, struct vs_error *err)
+/* Decompresses up to cap bytes (the producer thread's work). */
+static long produce(struct layer_stream *s, void *buf, size_t cap, struct vs_error *err)
 {
     if (s->done || cap == 0)
         return 0;
@@ -248,11 +300,88 @@ long layer_stream_read(struct layer_stream *s, void *buf, size_t cap, struct vs_
         if (n == 0)
             s->done = true;
     }
-    if (n > 0) {
-        vs_sha256_update(s->sha, buf, (size_t)n);
-        s->out_offset += (uint64_t)n;
-    }
     return n;
+}
+
+/* The producer: decompresses and hashes (the diff ID) into a ring of chunks on its own thread, so that on two
+ * cores inflate overlaps parsing, writing and verity hashing. */
+static void *producer_run(void *arg)
+{
+    struct layer_stream *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        while (s->filled == RING && !s->stop)
+            pthread_cond_wait(&s->not_full, &s->lock);
+        bool stop = s->stop;
+        unsigned slot = (s->head + s->filled) % RING;
+        pthread_mutex_unlock(&s->lock);
+        if (stop)
+            break;
+        struct chunk *c = &s->ring[slot];
+        c->len = 0;
+        long n = 1;
+        while (c->len < CHUNK && (n = produce(s, c->data + c->len, CHUNK - c->len, &s->producer_err)) > 0)
+            c->len += (size_t)n;
+        if (c->len)
+            vs_sha256_update(s->sha, c->data, c->len);
+        pthread_mutex_lock(&s->lock);
+        if (c->len)
+            s->filled++;
+        if (n <= 0) {
+            s->producer_done = true;
+            s->producer_rc = n < 0 ? (int)n : 0;
+        }
+        pthread_cond_signal(&s->not_empty);
+        pthread_mutex_unlock(&s->lock);
+        if (n <= 0)
+            break;
+    }
+    return NULL;
+}
+
+long layer_stream_next(struct layer_stream *s, const void **data, struct vs_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    if (s->holding) {
+        /* The caller is done with the chunk it held. */
+        s->head = (s->head + 1) % RING;
+        s->filled--;
+        s->holding = false;
+        pthread_cond_signal(&s->not_full);
+    }
+    while (s->filled == 0 && !s->producer_done)
+        pthread_cond_wait(&s->not_empty, &s->lock);
+    long n;
+    if (s->filled > 0) {
+        struct chunk *c = &s->ring[s->head];
+        *data = c->data;
+        n = (long)c->len;
+        s->holding = true;
+        s->out_offset += c->len;
+    } else if (s->producer_rc < 0) {
+        if (err)
+            *err = s->producer_err;
+        n = s->producer_rc;
+    } else {
+        n = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+long layer_stream_read(struct layer_stream *s, void *buf, size_t cap, struct vs_error *err)
+{
+    if (s->pending_len == 0) {
+        long n = layer_stream_next(s, &s->pending, err);
+        if (n <= 0)
+            return n;
+        s->pending_len = (size_t)n;
+    }
+    size_t n = s->pending_len < cap ? s->pending_len : cap;
+    memcpy(buf, s->pending, n);
+    s->pending = (const uint8_t *)s->pending + n;
+    s->pending_len -= n;
+    return (long)n;
 }
 
 int layer_stream_drain(struct layer_stream *s, struct vs_error *err)
@@ -271,6 +400,10 @@ uint64_t layer_stream_offset(const struct layer_stream *s)
 
 void layer_stream_finish(struct layer_stream *s, uint8_t diff_id[32], enum tarfs_compression *compression)
 {
+    if (s->thread_started) {
+        pthread_join(s->thread, NULL); /* it has ended: the reader saw the end */
+        s->thread_started = false;
+    }
     vs_sha256_final(s->sha, diff_id);
     *compression = s->compression;
 }

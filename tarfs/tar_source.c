@@ -7,26 +7,23 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define READ_CAP (256u << 10)
 #define WHITEOUT_PREFIX ".wh."
 #define WHITEOUT_OPAQUE ".wh..wh..opq"
 #define WHITEOUT_META_PREFIX ".wh..wh."
 
 struct tar_reader {
     struct layer_stream *stream;
-    uint8_t *buf;
     struct vs_error read_err; /* a decompression error, kept so libarchive's generic one does not hide it */
 };
 
 static la_ssize_t archive_read_cb(struct archive *a, void *ctx, const void **out)
 {
     struct tar_reader *r = ctx;
-    long n = layer_stream_read(r->stream, r->buf, READ_CAP, &r->read_err);
+    long n = layer_stream_next(r->stream, out, &r->read_err);
     if (n < 0) {
         archive_set_error(a, EIO, "%s", r->read_err.message);
         return -1;
     }
-    *out = r->buf;
     return n;
 }
 
@@ -193,12 +190,8 @@ int tar_source_read(struct layer_stream *stream, struct erofs_writer *w, const s
 {
     struct tar_reader r = {.stream = stream};
     struct archive *a = archive_read_new();
-    r.buf = malloc(READ_CAP);
-    if (!a || !r.buf) {
-        archive_read_free(a);
-        free(r.buf);
+    if (!a)
         return vs_fail(err, -ENOMEM, "out of memory");
-    }
     archive_read_support_format_tar(a);
     int rc = 0;
     if (archive_read_open(a, &r, NULL, archive_read_cb, NULL) != ARCHIVE_OK) {
@@ -234,6 +227,5 @@ int tar_source_read(struct layer_stream *stream, struct erofs_writer *w, const s
     }
 out:
     archive_read_free(a);
-    free(r.buf);
     return rc;
 }
