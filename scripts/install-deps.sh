@@ -6,8 +6,10 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
   build-essential cmake pkg-config git clang clang-format libclang-rt-14-dev
   libarchive-dev libisal-dev libzstd-dev libssl-dev libjansson-dev zlib1g-dev
-  libcryptsetup-dev libdevmapper-dev
-  erofs-utils cryptsetup-bin isal zstd gzip tar python3 hyperfine util-linux kmod
+  libcryptsetup-dev libdevmapper-dev libsqlite3-dev
+  libgrpc-dev protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev protobuf-compiler
+  erofs-utils cryptsetup-bin isal zstd gzip tar python3 hyperfine util-linux kmod time
+  containerd runc golang-go golang-github-containerd-containerd-dev
 )
 missing=()
 for p in "${packages[@]}"; do
