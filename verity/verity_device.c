@@ -1,6 +1,7 @@
-/* Read-only dm-verity devices over layer files: libcryptsetup activates (attaching the file to a loop device that
- * goes away with the mapping), libdevmapper lists. Both are refused early with -ENODEV where the kernel has no
- * device-mapper, because libcryptsetup's own message there ("Cannot initialize device-mapper") names no cause. */
+/* Read-only dm-verity devices over layer files: libcryptsetup activates (attaching the file to a loop device
+ * that goes away with the mapping), libdevmapper lists. Both are refused early with -ENODEV where the kernel
+ * has no device-mapper, because libcryptsetup's own message there ("Cannot initialize device-mapper") names
+ * no cause. */
 #include <errno.h>
 #include <libcryptsetup.h>
 #include <libdevmapper.h>
@@ -49,7 +50,8 @@ static void crypt_log_cb(int level, const char *msg, void *usrptr)
         log->last[--n] = '\0';
 }
 
-static int crypt_error(struct vs_error *err, int r, const struct crypt_log *log, const char *what, const char *name)
+static int crypt_error(struct vs_error *err, int r, const struct crypt_log *log, const char *what,
+                       const char *name)
 {
     return vs_fail(err, r < 0 ? r : -EIO, "verity device %s: %s failed: %s", name, what,
                    log->last[0] ? log->last : strerror(r < 0 ? -r : EIO));
@@ -70,14 +72,12 @@ int verity_activate(const char *name, const char *file, const struct verity_layo
         if (n < 0 || (size_t)n >= device_path_cap)
             return vs_fail(err, -ENAMETOOLONG, "verity device %s: device path does not fit", name);
     }
+    /* Only per-device log callbacks: the global one is process-wide and activations may run in parallel. */
     struct crypt_log log = {{0}};
     struct crypt_device *cd = NULL;
-    crypt_set_log_callback(NULL, crypt_log_cb, &log);
     r = crypt_init_data_device(&cd, file, file);
-    if (r < 0) {
-        crypt_set_log_callback(NULL, NULL, NULL);
+    if (r < 0)
         return crypt_error(err, r, &log, "opening the layer file", name);
-    }
     crypt_set_log_callback(cd, crypt_log_cb, &log);
     struct crypt_params_verity p = {
         .hash_name = l.params.hash_algorithm,
@@ -88,19 +88,30 @@ int verity_activate(const char *name, const char *file, const struct verity_layo
         .data_block_size = l.params.data_block_size,
         .hash_block_size = l.params.hash_block_size,
         .data_size = l.data_blocks,
-        .hash_area_offset = l.params.superblock ? l.hash_offset : l.hash_start_block * l.params.hash_block_size,
+        .hash_area_offset =
+            l.params.superblock ? l.hash_offset : l.hash_start_block * l.params.hash_block_size,
         .flags = l.params.superblock ? 0 : CRYPT_VERITY_NO_HEADER,
     };
     const char *what;
     if (l.params.superblock) {
         what = "loading the superblock";
         r = crypt_load(cd, CRYPT_VERITY, &p);
+        /* The kernel would only fail on reads later: refuse a superblock that is not the layout now. */
         struct crypt_params_verity got;
-        if (r == 0 && crypt_get_verity_info(cd, &got) == 0 && got.data_size != l.data_blocks) {
-            r = vs_fail(err, -EBADMSG, "verity device %s: superblock covers %llu data blocks, layout %llu", name,
-                        (unsigned long long)got.data_size, (unsigned long long)l.data_blocks);
+        if (r == 0 && crypt_get_verity_info(cd, &got) == 0 &&
+            (got.data_size != l.data_blocks || got.data_block_size != l.params.data_block_size ||
+             got.hash_block_size != l.params.hash_block_size || got.hash_type != l.params.format ||
+             !got.hash_name || strcmp(got.hash_name, l.params.hash_algorithm) != 0 ||
+             got.salt_size != l.params.salt_size ||
+             (got.salt_size && memcmp(got.salt, l.params.salt, got.salt_size)))) {
+            r = vs_fail(
+                err, -EBADMSG,
+                "verity device %s: the superblock of %s at offset %llu (%llu blocks of %u, %s) is not the "
+                "layout's (%llu blocks of %u, %s)",
+                name, file, (unsigned long long)l.hash_offset, (unsigned long long)got.data_size,
+                got.data_block_size, got.hash_name ? got.hash_name : "?", (unsigned long long)l.data_blocks,
+                l.params.data_block_size, l.params.hash_algorithm);
             crypt_free(cd);
-            crypt_set_log_callback(NULL, NULL, NULL);
             return r;
         }
     } else {
@@ -109,12 +120,12 @@ int verity_activate(const char *name, const char *file, const struct verity_layo
     }
     if (r == 0) {
         what = "activation";
-        r = crypt_activate_by_volume_key(cd, name, (const char *)l.root_hash, l.digest_size, CRYPT_ACTIVATE_READONLY);
+        r = crypt_activate_by_volume_key(cd, name, (const char *)l.root_hash, l.digest_size,
+                                         CRYPT_ACTIVATE_READONLY);
     }
     if (r < 0)
         r = crypt_error(err, r, &log, what, name);
     crypt_free(cd);
-    crypt_set_log_callback(NULL, NULL, NULL);
     return r;
 }
 
@@ -126,9 +137,13 @@ int verity_deactivate(const char *name, struct vs_error *err)
     if (crypt_status(NULL, name) == CRYPT_INACTIVE)
         return vs_fail(err, -ENOENT, "verity device %s is not active", name);
     struct crypt_log log = {{0}};
-    crypt_set_log_callback(NULL, crypt_log_cb, &log);
-    r = crypt_deactivate(NULL, name);
-    crypt_set_log_callback(NULL, NULL, NULL);
+    struct crypt_device *cd = NULL;
+    r = crypt_init_by_name(&cd, name);
+    if (r < 0)
+        return crypt_error(err, r, &log, "looking it up", name);
+    crypt_set_log_callback(cd, crypt_log_cb, &log);
+    r = crypt_deactivate(cd, name);
+    crypt_free(cd);
     if (r < 0)
         return crypt_error(err, r, &log, "removal", name);
     return 0;
@@ -149,7 +164,8 @@ static bool is_verity_device(const char *name)
     return verity;
 }
 
-int verity_list_devices(const char *prefix, void (*fn)(void *ctx, const char *name), void *ctx, struct vs_error *err)
+int verity_list_devices(const char *prefix, void (*fn)(void *ctx, const char *name), void *ctx,
+                        struct vs_error *err)
 {
     int r = dm_available(err);
     if (r < 0)

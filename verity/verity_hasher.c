@@ -1,4 +1,5 @@
-/* The salted block hash of F.3 over OpenSSL EVP, reusing contexts so a 4 KiB block costs what SHA-256 costs. */
+/* The salted block hash of F.3 over OpenSSL EVP, with reused contexts: a 4 KiB block costs what SHA-256
+ * costs. */
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>

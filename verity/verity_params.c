@@ -43,7 +43,8 @@ int verity_params_check(const struct verity_params *p, struct vs_error *err)
         return vs_fail(err, -EINVAL, "verity: hash block size %u is not a power of two in 512..4096",
                        p->hash_block_size);
     if (p->salt_size > VERITY_MAX_SALT)
-        return vs_fail(err, -EINVAL, "verity: salt of %u bytes is longer than %d", p->salt_size, VERITY_MAX_SALT);
+        return vs_fail(err, -EINVAL, "verity: salt of %u bytes is longer than %d", p->salt_size,
+                       VERITY_MAX_SALT);
     if (p->format > 1)
         return vs_fail(err, -EINVAL, "verity: format %u is not 0 or 1", p->format);
     return 0;

@@ -1,6 +1,6 @@
-/* The `<layer>.dmverity` sidecar: containerd's EROFS snapshotter keys (roothash, hashoffset = the superblock's byte
- * offset) plus the parameters needed without a superblock. Written to a temporary file, fsynced, renamed, and the
- * directory fsynced, so a crash leaves the old sidecar or the new one. */
+/* The `<layer>.dmverity` sidecar: containerd's EROFS snapshotter keys (roothash, hashoffset = the
+ * superblock's byte offset) plus the parameters needed without a superblock. Written to a temporary file,
+ * fsynced, renamed, and the directory fsynced, so a crash leaves the old sidecar or the new one. */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -44,10 +44,10 @@ static json_t *sidecar_json(const struct verity_layout *l)
     vs_hex_encode(l->root_hash, l->digest_size, root);
     vs_hex_encode(l->params.salt, l->params.salt_size, salt);
     return json_pack("{s:s, s:I, s:s, s:i, s:i, s:I, s:s, s:b, s:i}", "roothash", root, "hashoffset",
-                     (json_int_t)l->hash_offset, "hash_algorithm", l->params.hash_algorithm, "data_block_size",
-                     (int)l->params.data_block_size, "hash_block_size", (int)l->params.hash_block_size, "data_blocks",
-                     (json_int_t)l->data_blocks, "salt", salt, "superblock", (int)l->params.superblock,
-                     "verity_format", (int)l->params.format);
+                     (json_int_t)l->hash_offset, "hash_algorithm", l->params.hash_algorithm,
+                     "data_block_size", (int)l->params.data_block_size, "hash_block_size",
+                     (int)l->params.hash_block_size, "data_blocks", (json_int_t)l->data_blocks, "salt", salt,
+                     "superblock", (int)l->params.superblock, "verity_format", (int)l->params.format);
 }
 
 int verity_sidecar_write(const char *layer_path, const struct verity_layout *layout, struct vs_error *err)
@@ -92,7 +92,8 @@ int verity_sidecar_write(const char *layer_path, const struct verity_layout *lay
     snprintf(dir, sizeof(dir), "%s", path);
     int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0)
-        return vs_fail(err, -errno, "verity sidecar %s: cannot open its directory: %s", path, strerror(errno));
+        return vs_fail(err, -errno, "verity sidecar %s: cannot open its directory: %s", path,
+                       strerror(errno));
     r = fsync(dfd) < 0 ? -errno : 0;
     close(dfd);
     if (r < 0)
@@ -100,8 +101,8 @@ int verity_sidecar_write(const char *layer_path, const struct verity_layout *lay
     return 0;
 }
 
-static int get_uint(json_t *root, const char *key, uint64_t max, uint64_t *out, bool *present, const char *path,
-                    struct vs_error *err)
+static int get_uint(json_t *root, const char *key, uint64_t max, uint64_t *out, bool *present,
+                    const char *path, struct vs_error *err)
 {
     json_t *v = json_object_get(root, key);
     *present = v != NULL;
@@ -114,8 +115,8 @@ static int get_uint(json_t *root, const char *key, uint64_t max, uint64_t *out, 
     return 0;
 }
 
-/* containerd's own sidecars hold only roothash and hashoffset: the rest defaults to its parameters (sha256, 4096,
- * 32 zero bytes of salt, format 1, superblock at hashoffset, the data being everything before it). */
+/* containerd's own sidecars hold only roothash and hashoffset: the rest defaults to its parameters (sha256,
+ * 4096, 32 zero bytes of salt, format 1, superblock at hashoffset, the data being everything before it). */
 int verity_sidecar_read(const char *layer_path, struct verity_layout *out, struct vs_error *err)
 {
     char path[4096];
@@ -168,7 +169,8 @@ int verity_sidecar_read(const char *layer_path, struct verity_layout *out, struc
         goto out;
     if (present)
         out->params.format = (uint32_t)v;
-    if ((r = get_uint(root, "data_blocks", UINT64_MAX >> 1, &out->data_blocks, &blocks_present, path, err)) < 0)
+    if ((r = get_uint(root, "data_blocks", UINT64_MAX >> 1, &out->data_blocks, &blocks_present, path, err)) <
+        0)
         goto out;
     json_t *sb = json_object_get(root, "superblock");
     if (sb && !json_is_boolean(sb)) {

@@ -9,9 +9,10 @@
 
 static const uint8_t verity_signature[8] = {'v', 'e', 'r', 'i', 't', 'y', 0, 0};
 
-/* veritysetup writes a random UUID, which makes two builds of one layer differ (containerd's files differ per node).
- * Ours is a function of the root hash so the file is reproducible: the first 16 bytes of
- * SHA-256("veritysnap-verity-uuid" || root hash), with the RFC 9562 version 8 (custom) and variant 10 bits set. */
+/* veritysetup writes a random UUID, which makes two builds of one layer differ (containerd's files differ per
+ * node). Ours is a function of the root hash so the file is reproducible: the first 16 bytes of
+ * SHA-256("veritysnap-verity-uuid" || root hash), with the RFC 9562 version 8 (custom) and variant 10 bits
+ * set. */
 void verity_uuid_from_root(const uint8_t *root_hash, uint32_t digest_size, uint8_t uuid[16])
 {
     static const char domain[] = "veritysnap-verity-uuid";
@@ -46,14 +47,16 @@ void verity_superblock_encode(const struct verity_layout *l, uint8_t out[VERITY_
     memcpy(out, &sb, sizeof(sb));
 }
 
-int verity_superblock_decode(const uint8_t in[VERITY_SUPERBLOCK_SIZE], struct verity_layout *l, struct vs_error *err)
+int verity_superblock_decode(const uint8_t in[VERITY_SUPERBLOCK_SIZE], struct verity_layout *l,
+                             struct vs_error *err)
 {
     struct verity_sb sb;
     memcpy(&sb, in, sizeof(sb));
     if (memcmp(sb.signature, verity_signature, sizeof(sb.signature)) != 0)
         return vs_fail(err, -EBADMSG, "no verity superblock (signature is not \"verity\")");
     if (le32toh(sb.version) != 1)
-        return vs_fail(err, -ENOTSUP, "verity superblock version %u is not supported (only 1)", le32toh(sb.version));
+        return vs_fail(err, -ENOTSUP, "verity superblock version %u is not supported (only 1)",
+                       le32toh(sb.version));
     if (le32toh(sb.hash_type) > 1)
         return vs_fail(err, -EBADMSG, "verity superblock hash type %u is not 0 or 1", le32toh(sb.hash_type));
     if (!memchr(sb.algorithm, '\0', sizeof(sb.algorithm)))
@@ -75,7 +78,8 @@ int verity_superblock_decode(const uint8_t in[VERITY_SUPERBLOCK_SIZE], struct ve
     l->data_blocks = le64toh(sb.data_blocks);
     memcpy(l->uuid, sb.uuid, sizeof(l->uuid));
     if (verity_digest_size(&l->params) == 0)
-        return vs_fail(err, -ENOTSUP, "verity superblock algorithm \"%s\" is not supported (sha256 or sha512)",
+        return vs_fail(err, -ENOTSUP,
+                       "verity superblock algorithm \"%s\" is not supported (sha256 or sha512)",
                        l->params.hash_algorithm);
     int r = verity_params_check(&l->params, err);
     if (r < 0)
@@ -85,7 +89,8 @@ int verity_superblock_decode(const uint8_t in[VERITY_SUPERBLOCK_SIZE], struct ve
     return 0;
 }
 
-int verity_layout_read_superblock(int fd, uint64_t hash_offset, struct verity_layout *out, struct vs_error *err)
+int verity_layout_read_superblock(int fd, uint64_t hash_offset, struct verity_layout *out,
+                                  struct vs_error *err)
 {
     memset(out, 0, sizeof(*out));
     if (hash_offset % VERITY_SUPERBLOCK_SIZE)
@@ -102,6 +107,7 @@ int verity_layout_read_superblock(int fd, uint64_t hash_offset, struct verity_la
     out->hash_offset = hash_offset;
     r = verity_layout_complete(out, err);
     if (r < 0)
-        return verity_error_wrap(err, -EBADMSG, "verity superblock at offset %llu", (unsigned long long)hash_offset);
+        return verity_error_wrap(err, -EBADMSG, "verity superblock at offset %llu",
+                                 (unsigned long long)hash_offset);
     return 0;
 }

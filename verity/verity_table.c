@@ -33,16 +33,18 @@ int verity_table_line(const struct verity_layout *layout, const char *device, ch
     salt_hex(&l, salt);
     vs_hex_encode(l.root_hash, l.digest_size, root);
     uint64_t sectors = l.data_blocks * l.params.data_block_size / 512;
-    int n = snprintf(out, cap, "0 %" PRIu64 " verity %u %s %s %u %u %" PRIu64 " %" PRIu64 " %s %s %s", sectors,
-                     l.params.format, device, device, l.params.data_block_size, l.params.hash_block_size,
-                     l.data_blocks, l.hash_start_block, l.params.hash_algorithm, root, salt);
+    int n =
+        snprintf(out, cap, "0 %" PRIu64 " verity %u %s %s %u %u %" PRIu64 " %" PRIu64 " %s %s %s", sectors,
+                 l.params.format, device, device, l.params.data_block_size, l.params.hash_block_size,
+                 l.data_blocks, l.hash_start_block, l.params.hash_algorithm, root, salt);
     return finish_print(n, cap);
 }
 
 /* Single-quotes a word for sh when it holds anything but [A-Za-z0-9_./:=@%+,-]. */
 static int shell_word(const char *s, char *out, size_t cap)
 {
-    if (*s && strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:=@%+,-") == strlen(s))
+    if (*s &&
+        strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:=@%+,-") == strlen(s))
         return finish_print(snprintf(out, cap, "%s", s), cap);
     size_t o = 0;
     if (o + 1 >= cap)
@@ -77,13 +79,14 @@ int verity_veritysetup_command(const struct verity_layout *layout, const char *f
         return r;
     int n;
     if (l.params.superblock)
-        n = snprintf(out, cap, "veritysetup verify --hash-offset=%" PRIu64 " %s %s %s", l.hash_offset, quoted, quoted,
-                     root);
+        n = snprintf(out, cap, "veritysetup verify --hash-offset=%" PRIu64 " %s %s %s", l.hash_offset, quoted,
+                     quoted, root);
     else
-        n = snprintf(out, cap,
-                     "veritysetup verify --hash-offset=%" PRIu64 " --no-superblock --salt=%s --data-blocks=%" PRIu64
-                     " --hash=%s --data-block-size=%u --hash-block-size=%u --format=%u %s %s %s",
-                     l.hash_start_block * l.params.hash_block_size, salt, l.data_blocks, l.params.hash_algorithm,
-                     l.params.data_block_size, l.params.hash_block_size, l.params.format, quoted, quoted, root);
+        n = snprintf(
+            out, cap,
+            "veritysetup verify --hash-offset=%" PRIu64 " --no-superblock --salt=%s --data-blocks=%" PRIu64
+            " --hash=%s --data-block-size=%u --hash-block-size=%u --format=%u %s %s %s",
+            l.hash_start_block * l.params.hash_block_size, salt, l.data_blocks, l.params.hash_algorithm,
+            l.params.data_block_size, l.params.hash_block_size, l.params.format, quoted, quoted, root);
     return finish_print(n, cap);
 }

@@ -1,5 +1,6 @@
-/* The tardev trailer (anchors.md 1): the 4 KiB block after the tree that tells the Kata agent the verity geometry.
- * tardev's tree: sha256, 32 zero bytes of salt prepended, no superblock, right after the data, then the trailer. */
+/* The tardev trailer (anchors.md 1): the 4 KiB block after the tree that tells the Kata agent the verity
+ * geometry. tardev's tree: sha256, 32 zero bytes of salt prepended, no superblock, right after the data, then
+ * the trailer. */
 #include <endian.h>
 #include <errno.h>
 #include <string.h>
@@ -55,11 +56,12 @@ int verity_layout_read_tardev(int fd, struct verity_layout *out, struct vs_error
     if (r < 0)
         return verity_error_wrap(err, -EBADMSG, "tardev trailer");
     if (out->file_size + VERITY_TARDEV_TRAILER_SIZE != (uint64_t)size)
-        return vs_fail(err, -EBADMSG,
-                       "tardev trailer: %llu data blocks of %u bytes and a %llu-block tree end at %llu, but the "
-                       "trailer starts at %lld",
-                       (unsigned long long)out->data_blocks, out->params.data_block_size,
-                       (unsigned long long)out->tree_blocks, (unsigned long long)out->file_size,
-                       (long long)size - VERITY_TARDEV_TRAILER_SIZE);
+        return vs_fail(
+            err, -EBADMSG,
+            "tardev trailer: %llu data blocks of %u bytes and a %llu-block tree end at %llu, but the "
+            "trailer starts at %lld",
+            (unsigned long long)out->data_blocks, out->params.data_block_size,
+            (unsigned long long)out->tree_blocks, (unsigned long long)out->file_size,
+            (long long)size - VERITY_TARDEV_TRAILER_SIZE);
     return 0;
 }

@@ -1,7 +1,7 @@
-/* Userspace verification of a layer file, as `veritysetup verify` does it: every data block against level 0, every
- * hash block against its parent, the top block against the root, and all spare bytes of hash blocks zero.
- * The tree is checked top down before the data it covers; the data range is split between two threads when the
- * machine has two cores, since SHA-256 (~1.2 GB/s per core here) is the whole cost. */
+/* Userspace verification of a layer file, as `veritysetup verify` does it: every data block against level 0,
+ * every hash block against its parent, the top block against the root, and all spare bytes of hash blocks
+ * zero. The tree is checked top down before the data it covers; the data range is split between two threads
+ * when the machine has two cores, since SHA-256 (~1.2 GB/s per core here) is the whole cost. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -21,22 +21,23 @@ struct verify_ctx {
     int fd;
     const struct verity_layout *l;
     struct verity_geometry g;
-    uint8_t *upper;      /* tree blocks above level 0 (tree blocks [0, level_start[0])) */
+    uint8_t *upper; /* tree blocks above level 0 (tree blocks [0, level_start[0])) */
 };
 
 /* What went wrong, in check order. */
 struct verify_finding {
     bool bad;
     bool in_tree;
-    uint64_t block;      /* data block index, or hash block index in the file in hbs units */
+    uint64_t block; /* data block index, or hash block index in the file in hbs units */
     int code;
     char message[512];
 };
 
-static void finding_set(struct verify_finding *f, bool in_tree, uint64_t block, int code, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+static void finding_set(struct verify_finding *f, bool in_tree, uint64_t block, int code, const char *fmt,
+                        ...) __attribute__((format(printf, 5, 6)));
 
-static void finding_set(struct verify_finding *f, bool in_tree, uint64_t block, int code, const char *fmt, ...)
+static void finding_set(struct verify_finding *f, bool in_tree, uint64_t block, int code, const char *fmt,
+                        ...)
 {
     f->bad = code == -EBADMSG;
     f->in_tree = in_tree;
@@ -67,19 +68,22 @@ static long spare_not_zero(const struct verify_ctx *c, const uint8_t *block, uin
     return -1;
 }
 
-/* Checks hash block k of `level` (its bytes at block) against the expected digest; entries = digests it holds. */
+/* Checks hash block k of `level` (its bytes at block) against the expected digest; entries = digests it
+ * holds. */
 static bool check_hash_block(const struct verify_ctx *c, struct verity_hasher *h, uint32_t level, uint64_t k,
-                             const uint8_t *block, const uint8_t *expected, uint64_t entries, struct verify_finding *f)
+                             const uint8_t *block, const uint8_t *expected, uint64_t entries,
+                             struct verify_finding *f)
 {
     uint8_t d[VERITY_MAX_DIGEST];
     uint32_t hbs = c->l->params.hash_block_size;
     uint64_t fb = tree_block_in_file(c, level, k);
-    /* Spare bytes first: a non-zero one is the more precise diagnosis (veritysetup's \"Spare area is not zeroed\"). */
+    /* Spare bytes first: a non-zero one is the more precise diagnosis (veritysetup: "Spare area is not
+     * zeroed"). */
     long spare = spare_not_zero(c, block, entries);
     if (spare >= 0) {
         finding_set(f, true, fb, -EBADMSG,
-                    "hash block %" PRIu64 " (tree level %u, offset %" PRIu64 "): spare byte %ld is not zero", fb,
-                    level, fb * hbs, spare);
+                    "hash block %" PRIu64 " (tree level %u, offset %" PRIu64 "): spare byte %ld is not zero",
+                    fb, level, fb * hbs, spare);
         return false;
     }
     if (verity_hasher_block(h, block, hbs, d) < 0) {
@@ -120,7 +124,8 @@ static bool check_upper_levels(const struct verify_ctx *c, struct verity_hasher 
     for (uint32_t level = c->g.levels; level-- > 1;) {
         for (uint64_t k = 0; k < c->g.level_blocks[level]; k++) {
             const uint8_t *block = c->upper + (c->g.level_start[level] + k) * hbs;
-            if (!check_hash_block(c, h, level, k, block, parent_entry(c, level, k), children_of(c, level, k), f))
+            if (!check_hash_block(c, h, level, k, block, parent_entry(c, level, k), children_of(c, level, k),
+                                  f))
                 return false;
             (*hash_blocks)++;
         }
@@ -183,7 +188,8 @@ static void *verify_worker_run(void *arg)
             if (k >= l0_loaded_first + l0_loaded_n) {
                 l0_loaded_first = k;
                 l0_loaded_n = w->l0_end - k < l0_run ? w->l0_end - k : l0_run;
-                r = verity_pread_full(c->fd, l0, (size_t)(l0_loaded_n * hbs), tree_block_in_file(c, 0, k) * hbs);
+                r = verity_pread_full(c->fd, l0, (size_t)(l0_loaded_n * hbs),
+                                      tree_block_in_file(c, 0, k) * hbs);
                 if (r < 0) {
                     finding_set(&w->f, true, tree_block_in_file(c, 0, k), r, "cannot read hash blocks: %s",
                                 strerror(-r));
@@ -192,7 +198,8 @@ static void *verify_worker_run(void *arg)
             }
             const uint8_t *l0_block = l0 + (k - l0_loaded_first) * hbs;
             if (k >= l0_checked) {
-                if (!check_hash_block(c, &h, 0, k, l0_block, parent_entry(c, 0, k), children_of(c, 0, k), &w->f))
+                if (!check_hash_block(c, &h, 0, k, l0_block, parent_entry(c, 0, k), children_of(c, 0, k),
+                                      &w->f))
                     goto out;
                 w->hash_blocks++;
                 l0_checked = k + 1;
@@ -204,7 +211,8 @@ static void *verify_worker_run(void *arg)
             }
             if (memcmp(digest, l0_block + (x & (per - 1)) * c->g.slot_size, D) != 0) {
                 finding_set(&w->f, false, x, -EBADMSG,
-                            "data block %" PRIu64 " (offset %" PRIu64 ") does not match its digest in hash block %" PRIu64,
+                            "data block %" PRIu64 " (offset %" PRIu64
+                            ") does not match its digest in hash block %" PRIu64,
                             x, x * dbs, tree_block_in_file(c, 0, k));
                 goto out;
             }
@@ -291,7 +299,8 @@ int verity_verify_fd(int fd, const struct verity_layout *layout, struct verity_v
         bool in_tree = (uint64_t)size >= l.data_blocks * dbs;
         uint64_t block = in_tree ? (uint64_t)size / hbs : (uint64_t)size / dbs;
         finding_set(&f, in_tree, block, -EBADMSG,
-                    "the file is %lld bytes, the data and tree need %" PRIu64 " (%s block %" PRIu64 " is missing)",
+                    "the file is %lld bytes, the data and tree need %" PRIu64 " (%s block %" PRIu64
+                    " is missing)",
                     (long long)size, l.file_size, in_tree ? "hash" : "data", block);
         goto done;
     }
@@ -324,7 +333,8 @@ int verity_verify_fd(int fd, const struct verity_layout *layout, struct verity_v
         c.upper = malloc(upper_blocks * hbs);
         r = c.upper ? verity_pread_full(fd, c.upper, upper_blocks * hbs, l.hash_start_block * hbs) : -ENOMEM;
         if (r < 0)
-            finding_set(&f, true, l.hash_start_block, r, "cannot read the upper tree levels: %s", strerror(-r));
+            finding_set(&f, true, l.hash_start_block, r, "cannot read the upper tree levels: %s",
+                        strerror(-r));
     }
     bool upper_ok = !f.code && check_upper_levels(&c, &h, &f, &rep.hash_blocks_checked);
     verity_hasher_fini(&h);
