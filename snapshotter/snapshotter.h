@@ -56,7 +56,12 @@ struct snapshotter_config {
     const char *root;                  /* state root, default /var/lib/veritysnap */
     enum snapshotter_verity_mode verity;
     struct layer_file_options layer;   /* how Commit converts */
+    bool host_mount_loop;              /* mount layers through loop devices even where EROFS mounts files (tests) */
 };
+
+/* Label Commit sets on a committed snapshot: the hex root hash of its layer's dm-verity tree. */
+#define SNAPSHOT_LABEL_ROOT_HASH "containerd.io/snapshot/veritysnap.root-hash"
+
 
 struct snapshot_label {
     char *key;
