@@ -1,12 +1,12 @@
 /* veritysnap tarfs: tardev-compatible tarfs index (see tardev_index.h).
  *
- * Byte-identical output means reproducing two programs, not a format:
- *  - the Rust `tar` crate 0.4.38 iterator (how headers, pax records, GNU long names, sparse headers, numeric fields
- *    and checksums are read, and where each entry's header and data are), and
- *  - tarindex's tree (kata-containers release/3.2.0 src/tardev-snapshotter/tarindex/src/lib.rs): names cleaned,
- *    missing parents created with mode 0, entries replaced in place, hardlinks sharing one node, whiteouts turned
- *    into 0/0 character devices, then several breadth-first walks that number inodes and lay out the index.
- * Comments name the quirk each step reproduces. */
+ * Byte-identical output means reproducing two programs, not just a format. First, the Rust `tar` crate 0.4.38
+ * iterator: how headers, pax records, GNU long names, sparse maps, numeric fields and checksums are read, and
+ * where each entry's header and data are. Second, tarindex's tree (kata-containers release/3.2.0
+ * src/tardev-snapshotter/tarindex/src/lib.rs): names cleaned, missing parents created with mode 0, entries
+ * replaced in place, hardlinks sharing one node, whiteouts turned into 0/0 character devices, then several
+ * breadth-first walks that number inodes and lay out the index. Comments name the quirk each step reproduces.
+ */
 #include "tarfs/tardev_index.h"
 
 #include <errno.h>
@@ -17,11 +17,11 @@
 #include <unistd.h>
 
 #define TAR_BLOCK 512u
-/* Extension records (GNU long names, pax headers) are kept in memory until their entry arrives; the tar crate has no
- * limit, we refuse absurd ones so memory stays bounded by the entries. */
+/* Extension records (GNU long names, pax headers) are kept in memory until their entry arrives; the tar crate
+ * has no limit, we refuse absurd ones so memory stays bounded by the entries. */
 #define EXT_MAX (16u << 20)
-/* Breadth-first visits allowed beyond one per edge: hardlinks that share a directory are visited once per path
- * (tarindex does the same); a cycle would never end there, so it is refused here. */
+/* Breadth-first visits allowed beyond one per edge: hardlinks that share a directory are visited once per
+ * path (tarindex does the same); a cycle would never end there, so it is refused here. */
 #define VISIT_SLACK (1u << 20)
 #define OUT_BUF 65536u
 
@@ -252,9 +252,9 @@ static bool hdr_is_gnu(const uint8_t *h)
     return memcmp(h + H_MAGIC, "ustar ", 6) == 0 && memcmp(h + H_VERSION, " \0", 2) == 0;
 }
 
-/* One pax record as tar 0.4.38 reads them: records are split at '\n' (so a value holding '\n' breaks its record),
- * the walk stops at the first empty piece, and a record is well formed when "LEN KEY=VALUE" has LEN equal to the
- * piece length + 1. */
+/* One pax record as tar 0.4.38 reads them: records are split at '\n' (so a value holding '\n' breaks its
+ * record), the walk stops at the first empty piece, and a record is well formed when "LEN KEY=VALUE" has LEN
+ * equal to the piece length + 1. */
 struct pax_iter {
     const uint8_t *p, *end;
     bool done;
@@ -354,7 +354,8 @@ struct slot {
 };
 
 struct special {
-    uint64_t off, len; /* in specials */
+    uint64_t off, len;           /* the target, in special_bytes */
+    uint64_t path_off, path_len; /* the entry's name, in special_paths (for warnings) */
     uint32_t node;
 };
 
@@ -371,6 +372,7 @@ struct tardev_index {
     void (*warning)(void *ctx, const char *entry, const char *message);
     void *warning_ctx;
     bool strict;
+    bool finished;
     int failed;
     struct vs_error fail_err;
 
@@ -381,6 +383,7 @@ struct tardev_index {
     uint8_t hdr[TAR_BLOCK];
     size_t hdr_fill;
     uint64_t entries;
+    uint64_t after_end; /* first non-zero byte after the end-of-archive block, or 0 */
 
     /* current member under construction */
     uint64_t header_pos, file_pos, size;
@@ -408,7 +411,7 @@ struct tardev_index {
     /* long symlink targets, in tar order (tarindex's special_link) */
     struct special *specials;
     uint32_t nspecials, capspecials;
-    struct bytes special_bytes;
+    struct bytes special_bytes, special_paths;
 
     /* scratch */
     struct span *comps;
@@ -437,7 +440,7 @@ static int bad_tar(struct tardev_index *idx, struct vs_error *err, uint64_t at, 
     return fail(idx, err, -EBADMSG, "tar stream: %s (at byte %llu)", what, (unsigned long long)at);
 }
 
-/* Calls the warning callback with a printable copy of the entry name; with strict, fails instead of going on. */
+/* Calls the warning callback with a printable copy of the entry name; strict turns it into a failure. */
 static int warn(struct tardev_index *idx, struct vs_error *err, const uint8_t *entry, size_t entry_len,
                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
@@ -533,7 +536,8 @@ static uint32_t find_edge(struct tardev_index *idx, uint32_t parent, const uint8
 }
 
 /* BTreeMap::insert / entry().or_insert: sets parent's child name to child (creating the edge if new). */
-static int set_child(struct tardev_index *idx, uint32_t parent, const uint8_t *name, size_t len, uint32_t child)
+static int set_child(struct tardev_index *idx, uint32_t parent, const uint8_t *name, size_t len,
+                     uint32_t child)
 {
     uint32_t h;
     uint32_t e = find_edge(idx, parent, name, len, &h);
@@ -566,8 +570,8 @@ static int set_child(struct tardev_index *idx, uint32_t parent, const uint8_t *n
     if (bytes_append(&idx->names, name, len))
         return -ENOMEM;
     e = idx->nedges++;
-    idx->edges[e] = (struct edge){.name_off = off, .name_len = (uint32_t)len, .parent = parent,
-                                  .gen = pn->gen, .child = child};
+    idx->edges[e] = (struct edge){
+        .name_off = off, .name_len = (uint32_t)len, .parent = parent, .gen = pn->gen, .child = child};
     pn->kids[pn->nkids++] = e;
     uint32_t j = h & (idx->nslots - 1);
     while (idx->slots[j].edge1)
@@ -613,8 +617,9 @@ static void drop_children(struct node *n)
     n->gen++;
 }
 
-/* clean_path: components split at '/', "" and "." dropped, ".." pops (and fails above the root). Returns 1 when
- * the name is usable, 0 when it escapes the root; *rewritten says whether '..' or a leading '/' changed it. */
+/* clean_path: components split at '/', "" and "." dropped, ".." pops (and fails above the root). Returns 1
+ * when the name is usable, 0 when it escapes the root; *rewritten says whether '..' or a leading '/' changed
+ * it. */
 static int clean_path(struct tardev_index *idx, struct span path, bool *rewritten)
 {
     idx->ncomps = 0;
@@ -653,8 +658,8 @@ static int clean_path(struct tardev_index *idx, struct span path, bool *rewritte
 
 struct member {
     const uint8_t *hdr;
-    struct span path;      /* Entry::path_bytes */
-    struct span link;      /* Entry::link_name_bytes, when has_link */
+    struct span path; /* Entry::path_bytes */
+    struct span link; /* Entry::link_name_bytes, when has_link */
     bool has_link;
 };
 
@@ -668,8 +673,10 @@ static int note_rewritten(struct tardev_index *idx, struct vs_error *err, struct
 {
     if (!rewritten)
         return 0;
-    return warn(idx, err, name.p, name.n, "%s is absolute or holds '..': tardev normalises it to a path below the "
-                "root instead of refusing it", what);
+    return warn(
+        idx, err, name.p, name.n,
+        "%s is absolute or holds '..': tardev normalises it to a path below the root instead of refusing it",
+        what);
 }
 
 /* The `cb` closure: places a non-hardlink entry in the tree. */
@@ -703,8 +710,8 @@ static int place_entry(struct tardev_index *idx, struct vs_error *err, struct sp
             if (traverse(idx, idx->comps, idx->ncomps, &id))
                 return oom(idx, err);
             struct node *n = &idx->nodes[id];
-            if (n->nkids && (r = warn(idx, err, name.p, name.n, "whiteout drops %u entries the same layer put "
-                                      "below it", n->nkids)))
+            if (n->nkids && (r = warn(idx, err, name.p, name.n,
+                                      "whiteout drops %u entries the same layer put below it", n->nkids)))
                 return r;
             drop_children(n);
             n->mode = (uint16_t)((n->mode & ~TD_S_IFMT) | TD_S_IFCHR);
@@ -717,12 +724,15 @@ static int place_entry(struct tardev_index *idx, struct vs_error *err, struct sp
     if (traverse(idx, idx->comps, idx->ncomps, &id))
         return oom(idx, err);
     struct node *n = &idx->nodes[id];
-    /* The whole entry is replaced: children and the opaque flag of an earlier entry of the same name are lost. */
-    if (n->nkids && (r = warn(idx, err, name.p, name.n, "entry replaces an earlier one of the same name: tardev "
-                              "drops the %u entries below it", n->nkids)))
+    /* The whole entry is replaced: children and the opaque flag of an earlier entry of the same name are
+     * lost. */
+    if (n->nkids &&
+        (r = warn(idx, err, name.p, name.n,
+                  "entry replaces an earlier one of the same name: tardev drops the %u entries below it",
+                  n->nkids)))
         return r;
-    if (n->opaque && (r = warn(idx, err, name.p, name.n, "opaque marker came before its directory entry: tardev "
-                               "loses it")))
+    if (n->opaque && (r = warn(idx, err, name.p, name.n,
+                               "opaque marker came before its directory entry: tardev loses it")))
         return r;
     drop_children(n);
     uint32_t gen = n->gen;
@@ -734,7 +744,8 @@ static int place_entry(struct tardev_index *idx, struct vs_error *err, struct sp
 }
 
 /* The `hardlink` closure: the link name gets the target's node itself (one inode, shared). */
-static int place_hardlink(struct tardev_index *idx, struct vs_error *err, struct span name, struct span target)
+static int place_hardlink(struct tardev_index *idx, struct vs_error *err, struct span name,
+                          struct span target)
 {
     bool rewritten;
     int r = clean_path(idx, target, &rewritten);
@@ -749,8 +760,9 @@ static int place_hardlink(struct tardev_index *idx, struct vs_error *err, struct
     if (traverse(idx, idx->comps, idx->ncomps, &existing))
         return oom(idx, err);
     if ((idx->nodes[existing].mode & TD_S_IFMT) != TD_S_IFREG)
-        return warn(idx, err, name.p, name.n, "hardlink to something that is not a regular file (or not yet in "
-                    "the tar): tardev skips the link");
+        return warn(idx, err, name.p, name.n,
+                    "hardlink to something that is not a regular file (or not yet in the tar): tardev skips "
+                    "the link");
     r = clean_path(idx, name, &rewritten);
     if (r < 0)
         return oom(idx, err);
@@ -806,8 +818,9 @@ static int pax_warnings(struct tardev_index *idx, struct vs_error *err, const st
             if (numeric_field(m->hdr + ids[i].off, ids[i].len, &hv))
                 hv = 0;
             if (parse_unsigned(v.p, digits, 10, &pv) == 0 && pv != hv &&
-                (r = warn(idx, err, m->path.p, m->path.n, "pax %s %llu ignored: tardev uses the header field "
-                          "(%llu)", ids[i].key, (unsigned long long)pv, (unsigned long long)hv)))
+                (r = warn(idx, err, m->path.p, m->path.n,
+                          "pax %s %llu ignored: tardev uses the header field (%llu)", ids[i].key,
+                          (unsigned long long)pv, (unsigned long long)hv)))
                 return r;
         }
     }
@@ -934,7 +947,8 @@ static int deliver(struct tardev_index *idx, struct vs_error *err)
         if (m.link.n == hlink.n && memcmp(m.link.p, hlink.p, hlink.n) == 0) {
             e.offset = idx->header_pos + H_LINK; /* the target is read from the header's linkname field */
         } else {
-            /* A target longer than the header field is copied into the index; its offset is assigned later. */
+            /* A target longer than the header field is copied into the index; its offset is assigned later.
+             */
             if (idx->nspecials == idx->capspecials) {
                 uint32_t cap = idx->capspecials ? idx->capspecials * 2 : 16;
                 struct special *p = realloc(idx->specials, (size_t)cap * sizeof(*p));
@@ -945,9 +959,10 @@ static int deliver(struct tardev_index *idx, struct vs_error *err)
                 idx->specials = p;
                 idx->capspecials = cap;
             }
-            idx->specials[idx->nspecials] =
-                (struct special){idx->special_bytes.len, m.link.n, UINT32_MAX};
-            if (bytes_append(&idx->special_bytes, m.link.p, m.link.n)) {
+            idx->specials[idx->nspecials] = (struct special){idx->special_bytes.len, m.link.n,
+                                                             idx->special_paths.len, m.path.n, UINT32_MAX};
+            if (bytes_append(&idx->special_bytes, m.link.p, m.link.n) ||
+                bytes_append(&idx->special_paths, m.path.p, m.path.n)) {
                 r = oom(idx, err);
                 goto out;
             }
@@ -1004,10 +1019,9 @@ static void reset_member(struct tardev_index *idx)
     idx->longname.len = idx->longlink.len = idx->pax.len = 0;
 }
 
-static int finish_pax(struct tardev_index *idx)
+static void finish_pax(struct tardev_index *idx)
 {
     idx->have_pax_size = pax_size_of(&idx->pax, &idx->pax_size);
-    return 0;
 }
 
 /* One GNU sparse map record: the crate checks it even though tarindex then skips the entry. */
@@ -1093,11 +1107,13 @@ static int process_header(struct tardev_index *idx, struct vs_error *err)
         else
             dst = &idx->pax, have = &idx->have_pax;
         if (*have)
-            return bad_tar(idx, err, at, type == 'x' ? "two pax headers for one member"
-                                                     : "two GNU long name headers for one member");
+            return bad_tar(idx, err, at,
+                           type == 'x' ? "two pax headers for one member"
+                                       : "two GNU long name headers for one member");
         if (size > EXT_MAX)
-            return fail(idx, err, -EBADMSG, "tar stream: extension header of %llu bytes is too large (at byte "
-                        "%llu)", (unsigned long long)size, (unsigned long long)at);
+            return fail(idx, err, -EBADMSG,
+                        "tar stream: extension header of %llu bytes is too large (at byte %llu)",
+                        (unsigned long long)size, (unsigned long long)at);
         *have = true;
         dst->len = 0;
         if (bytes_reserve(dst, (size_t)size + 1))
@@ -1194,6 +1210,7 @@ void tardev_index_free(struct tardev_index *idx)
     free(idx->names.data);
     free(idx->specials);
     free(idx->special_bytes.data);
+    free(idx->special_paths.data);
     free(idx->longname.data);
     free(idx->longlink.data);
     free(idx->pax.data);
@@ -1212,11 +1229,18 @@ int tardev_index_feed(struct tardev_index *idx, const void *buf, size_t len, str
     const uint8_t *p = buf;
     if (idx->failed)
         return replay_failure(idx, err);
+    if (idx->finished)
+        return vs_fail(err, -EINVAL, "tarfs index: feed after finish");
     while (len) {
         size_t n;
         int r = 0;
         switch (idx->state) {
         case ST_DONE:
+            /* The crate stops at the first zero block: anything after it (a concatenated tar) is not indexed.
+             */
+            for (size_t i = 0; !idx->after_end && i < len; i++)
+                if (p[i])
+                    idx->after_end = idx->pos + i;
             idx->pos += len;
             return 0;
         case ST_FAILED:
@@ -1283,9 +1307,10 @@ static int check_end(struct tardev_index *idx, struct vs_error *err)
         return 0;
     case ST_SEEK:
     case ST_EXT_DATA:
-        return fail(idx, err, -EBADMSG, "tar stream: truncated: it ends at byte %llu, inside the data of the entry "
-                    "whose header is at byte %llu", (unsigned long long)idx->pos,
-                    (unsigned long long)idx->header_pos);
+        return fail(idx, err, -EBADMSG,
+                    "tar stream: truncated: it ends at byte %llu, inside the data of the entry whose header "
+                    "is at byte %llu",
+                    (unsigned long long)idx->pos, (unsigned long long)idx->header_pos);
     case ST_SPARSE_EXT:
         return bad_tar(idx, err, idx->pos, "truncated GNU sparse extension header");
     case ST_FAILED:
@@ -1489,8 +1514,8 @@ static int layout_warnings(struct tardev_index *idx, struct vs_error *err, const
             if (visit_path(idx, v, i))
                 return oom(idx, err);
             r = warn(idx, err, idx->scratch.data, idx->scratch.len,
-                     "parent directory not listed in the tar: tardev indexes it with mode 0, so the guest cannot "
-                     "open it");
+                     "parent directory not listed in the tar: tardev indexes it with mode 0, so the guest "
+                     "cannot open it");
             if (r)
                 return r;
         }
@@ -1498,8 +1523,8 @@ static int layout_warnings(struct tardev_index *idx, struct vs_error *err, const
     return 0;
 }
 
-static int long_symlink_warnings(struct tardev_index *idx, struct vs_error *err, const struct visit *v, uint32_t nv,
-                                 uint8_t *seen, uint64_t string_table_offset)
+static int long_symlink_warnings(struct tardev_index *idx, struct vs_error *err, const struct visit *v,
+                                 uint32_t nv, uint8_t *seen)
 {
     /* tarindex assigns long targets their offsets in breadth-first order but writes them in tar order, and
      * writes targets of entries that were later replaced or skipped too: reproduced, and reported. */
@@ -1528,16 +1553,15 @@ static int long_symlink_warnings(struct tardev_index *idx, struct vs_error *err,
         }
         assigned += n->size;
     }
-    (void)string_table_offset;
     if (emitted_total != idx->special_bytes.len) {
         for (uint32_t s = 0; s < idx->nspecials; s++) {
             uint32_t id = idx->specials[s].node;
             if (id != UINT32_MAX && seen[id] && idx->nodes[id].special == s + 1 &&
                 (idx->nodes[id].mode & TD_S_IFMT) == TD_S_IFLNK && idx->nodes[id].offset == 0)
                 continue;
-            r = warn(idx, err, idx->special_bytes.data + idx->specials[s].off, idx->specials[s].len,
-                     "a long symlink target of an entry that tardev dropped is still written, which shifts every "
-                     "name in tardev's index: the guest sees wrong names");
+            r = warn(idx, err, idx->special_paths.data + idx->specials[s].path_off, idx->specials[s].path_len,
+                     "a long symlink target of an entry that tardev dropped is still written, which shifts "
+                     "every name in tardev's index: the guest sees wrong names");
             if (r)
                 return r;
             break;
@@ -1547,13 +1571,22 @@ static int long_symlink_warnings(struct tardev_index *idx, struct vs_error *err,
 }
 
 int tardev_index_finish(struct tardev_index *idx,
-                        int (*write)(void *ctx, uint64_t offset, const void *data, size_t len, struct vs_error *err),
+                        int (*write)(void *ctx, uint64_t offset, const void *data, size_t len,
+                                     struct vs_error *err),
                         void *write_ctx, uint64_t *index_size, uint64_t *entries, struct vs_error *err)
 {
     if (idx->failed)
         return replay_failure(idx, err);
+    if (idx->finished)
+        return vs_fail(err, -EINVAL, "tarfs index: finish called twice");
     int r = check_end(idx, err);
     if (r)
+        return r;
+    idx->finished = true;
+    if (idx->after_end &&
+        (r = warn(idx, err, (const uint8_t *)"", 0,
+                  "data after the end-of-archive block (from byte %llu) is not indexed by tardev",
+                  (unsigned long long)idx->after_end)))
         return r;
 
     struct visit *v = NULL;
@@ -1565,7 +1598,8 @@ int tardev_index_finish(struct tardev_index *idx,
     if (sort_children(idx))
         return oom(idx, err);
 
-    /* visit_breadth_first_mut's order: the queue itself. A node reached twice (hardlinks) is visited twice. */
+    /* visit_breadth_first_mut's order: the queue itself. A node reached twice (hardlinks) is visited twice.
+     */
     uint64_t cap = (uint64_t)idx->nedges + 1 + VISIT_SLACK;
     uint32_t nv = 0, capv = 1024;
     v = malloc(capv * sizeof(*v));
@@ -1580,8 +1614,9 @@ int tardev_index_finish(struct tardev_index *idx,
         const struct node *n = &idx->nodes[v[i].node];
         for (uint32_t k = 0; k < n->nkids; k++) {
             if (nv >= cap || nv == UINT32_MAX) {
-                r = fail(idx, err, -EBADMSG, "tar stream: hardlinks make a cycle (or share directories too "
-                         "often) in tardev's tree; its index builder would not finish");
+                r = fail(idx, err, -EBADMSG,
+                         "tar stream: hardlinks make a cycle (or share directories too often) in tardev's "
+                         "tree; its index builder would not finish");
                 goto out;
             }
             if (nv == capv) {
@@ -1618,7 +1653,7 @@ int tardev_index_finish(struct tardev_index *idx,
         off += n->size;
     }
     uint64_t string_table_offset = off;
-    if ((r = long_symlink_warnings(idx, err, v, nv, seen, string_table_offset)))
+    if ((r = long_symlink_warnings(idx, err, v, nv, seen)))
         goto out;
 
     /* Inode table. */
@@ -1678,8 +1713,9 @@ int tardev_index_finish(struct tardev_index *idx,
                 goto out;
         }
     }
-    /* tarindex's end offset counts the names twice (once returned by the dirent writer, once more while writing
-     * them), which can add a zero block; the super block then sits 512 bytes before the end of one more block. */
+    /* tarindex's end offset counts the names twice (once returned by the dirent writer, once more while
+     * writing them), which can add a zero block; the super block then sits 512 bytes before the end of one
+     * more block. */
     uint64_t end_offset = name_off + idx->special_bytes.len + names_total;
     uint64_t aligned = (end_offset + TARDEV_BLOCK_SIZE - 1) / TARDEV_BLOCK_SIZE * TARDEV_BLOCK_SIZE;
     uint64_t written = o.offset + o.fill;
@@ -1739,8 +1775,8 @@ static int read_inode(int fd, uint64_t ito, uint64_t count, uint64_t ino, uint8_
     return pread_full(fd, raw, TARDEV_INODE_SIZE, ito + (ino - 1) * TARDEV_INODE_SIZE, err);
 }
 
-int tardev_index_list(int fd, uint64_t data_size, int (*fn)(void *ctx, const struct tardev_entry *e), void *ctx,
-                      struct vs_error *err)
+int tardev_index_list(int fd, uint64_t data_size, int (*fn)(void *ctx, const struct tardev_entry *e),
+                      void *ctx, struct vs_error *err)
 {
     if (data_size < TARDEV_BLOCK_SIZE || data_size % TARDEV_BLOCK_SIZE)
         return vs_fail(err, -EBADMSG, "tarfs index: data size %llu is not a positive multiple of 4096",
@@ -1777,7 +1813,8 @@ int tardev_index_list(int fd, uint64_t data_size, int (*fn)(void *ctx, const str
         struct list_dir d = queue[qi];
         if ((r = read_inode(fd, ito, count, d.ino, raw, err)))
             goto out;
-        uint64_t doff = get_le64(raw + 24), dsize = get_le64(raw + 16) / TARDEV_DIRENT_SIZE * TARDEV_DIRENT_SIZE;
+        uint64_t doff = get_le64(raw + 24),
+                 dsize = get_le64(raw + 16) / TARDEV_DIRENT_SIZE * TARDEV_DIRENT_SIZE;
         if (doff > data_size || dsize > data_size - doff) {
             r = vs_fail(err, -EBADMSG, "tarfs index: directory inode %llu points outside the data",
                         (unsigned long long)d.ino);
@@ -1802,8 +1839,8 @@ int tardev_index_list(int fd, uint64_t data_size, int (*fn)(void *ctx, const str
                 goto out;
             name.len = (size_t)nlen;
             full.len = 0;
-            if ((d.path_len && (bytes_append(&full, paths.data + d.path_off, d.path_len) ||
-                                bytes_append(&full, "/", 1))) ||
+            if ((d.path_len &&
+                 (bytes_append(&full, paths.data + d.path_off, d.path_len) || bytes_append(&full, "/", 1))) ||
                 bytes_append(&full, name.data, name.len) || bytes_append(&full, "", 1)) {
                 r = vs_fail(err, -ENOMEM, "tarfs index: out of memory");
                 goto out;

@@ -1,7 +1,7 @@
 /* veritysnap tarfs: the tardev-snapshotter "tarfs index" (AKS confidential containers), internal to tarfs/.
  * The layer file is [uncompressed tar][index][dm-verity tree][trailer]; this writes and reads the index part,
- * byte-identical to microsoft/kata-containers release/3.2.0 src/tardev-snapshotter/tarindex (which walks the tar
- * with the Rust `tar` crate 0.4.38), quirks included, because AKS policies hash that exact output. */
+ * byte-identical to microsoft/kata-containers release/3.2.0 src/tardev-snapshotter/tarindex (which walks the
+ * tar with the Rust `tar` crate 0.4.38), quirks included, because AKS policies hash that exact output. */
 #ifndef VERITYSNAP_TARFS_TARDEV_INDEX_H
 #define VERITYSNAP_TARFS_TARDEV_INDEX_H
 
@@ -22,27 +22,27 @@
 /* An index being built from one tar stream. */
 struct tardev_index;
 
-/* Creates an index builder. warning (may be NULL) is called per entry for content the format cannot carry or will
- * hide; with strict, the first warning fails the build with -EBADMSG instead. */
+/* Creates an index builder. warning (may be NULL) is called per entry for content the format cannot carry or
+ * will hide; with strict, the first warning fails the build with -EBADMSG instead. */
 struct tardev_index *tardev_index_new(void (*warning)(void *ctx, const char *entry, const char *message),
                                       void *warning_ctx, bool strict, struct vs_error *err);
 
 /* Frees the builder (NULL is fine). */
 void tardev_index_free(struct tardev_index *idx);
 
-/* Feeds the raw uncompressed tar bytes in order, in chunks of any size; headers are parsed as they stream by and
- * file data is skipped, never kept. Corrupt input: -EBADMSG naming the byte offset; later calls fail the same way. */
+/* Feeds the raw uncompressed tar bytes in order, in chunks of any size; file data is skipped, never kept.
+ * Corrupt input: -EBADMSG naming the byte offset (later calls repeat it); strict: the first warning too. */
 int tardev_index_feed(struct tardev_index *idx, const void *buf, size_t len, struct vs_error *err);
 
-/* After the last byte: writes the index (inode table, dirents, strings, padding, final 4 KiB block) starting at
- * byte offset tar_size (all bytes fed) as one sequential stream through write; *index_size gets its byte count
- * (tar_size + *index_size is a multiple of 4096), *entries the tar entries read (either pointer may be NULL). */
+/* After the last byte: writes the index as one sequential stream from offset tar_size (= bytes fed); sets
+ * *index_size (tar_size + it is a multiple of 4096) and *entries (tar entries read); either may be NULL. */
 int tardev_index_finish(struct tardev_index *idx,
-                        int (*write)(void *ctx, uint64_t offset, const void *data, size_t len, struct vs_error *err),
+                        int (*write)(void *ctx, uint64_t offset, const void *data, size_t len,
+                                     struct vs_error *err),
                         void *write_ctx, uint64_t *index_size, uint64_t *entries, struct vs_error *err);
 
-/* One entry of a tarfs index as the guest sees it. offset is the inode's raw field: data offset (regular file,
- * symlink target), dirent table offset (directory) or major<<32|minor (devices). */
+/* One entry of a tarfs index as the guest sees it. offset is the inode's raw field: data offset (regular
+ * file, symlink target), dirent table offset (directory) or major<<32|minor (devices). */
 struct tardev_entry {
     const char *path; /* from the root, no leading slash */
     uint32_t mode;    /* S_IFMT bits | 0777 bits; 0 for parents the tar did not list */
@@ -55,10 +55,9 @@ struct tardev_entry {
     uint32_t rdev_major, rdev_minor;
 };
 
-/* Reader for `inspect --list`: fd holds tar + index (data_size bytes, a multiple of 4096, without the verity part);
- * calls fn per entry reachable from the root (the root itself is not listed), breadth-first, names sorted.
- * A non-zero return from fn stops the walk and is returned. Corrupt index: -EBADMSG. */
-int tardev_index_list(int fd, uint64_t data_size, int (*fn)(void *ctx, const struct tardev_entry *e), void *ctx,
-                      struct vs_error *err);
+/* Reader for `inspect --list`: fd holds tar + index (data_size bytes, no verity part); calls fn per entry
+ * reachable from the root (not the root itself), breadth-first; fn's non-zero return stops it. */
+int tardev_index_list(int fd, uint64_t data_size, int (*fn)(void *ctx, const struct tardev_entry *e),
+                      void *ctx, struct vs_error *err);
 
 #endif
