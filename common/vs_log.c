@@ -49,7 +49,7 @@ bool vs_log_enabled(enum vs_log_level level)
     return (int)level >= atomic_load_explicit(&threshold, memory_order_relaxed);
 }
 
-/* A line being built: a stack buffer first, the heap for long lines; on allocation failure the line is cut. */
+/* A line being built: a stack buffer, then the heap for long lines; a failed allocation cuts the line. */
 struct line {
     char *data;
     size_t len, cap;
@@ -59,6 +59,8 @@ struct line {
 
 static void put(struct line *l, const char *s, size_t n)
 {
+    if (l->cut)
+        return;
     if (l->len + n > l->cap) {
         size_t cap = l->cap * 2;
         while (cap < l->len + n)
@@ -84,7 +86,7 @@ static void put_str(struct line *l, const char *s)
     put(l, s, strlen(s));
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 (overlong, surrogate, above U+10FFFF, cut). */
+/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 (overlong, surrogate, > U+10FFFF, cut). */
 static size_t utf8_len(const unsigned char *s, size_t n)
 {
     size_t len;
@@ -142,7 +144,8 @@ static void put_value(struct line *l, const char *value)
     put(l, "\"", 1);
     for (size_t i = 0; i < n;) {
         size_t run = i;
-        while (run < n && s[run] >= 0x20 && s[run] != 0x7f && s[run] != '"' && s[run] != '\\' && s[run] < 0x80)
+        while (run < n && s[run] >= 0x20 && s[run] != 0x7f && s[run] != '"' && s[run] != '\\' &&
+               s[run] < 0x80)
             run++;
         put(l, value + i, run - i);
         i = run;
@@ -160,11 +163,21 @@ static void put_value(struct line *l, const char *value)
         }
         char esc[7] = {'\\', 0};
         switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
         default:
             memcpy(esc + 1, "u00", 3);
             esc[4] = hex[c >> 4];
@@ -217,9 +230,12 @@ static void put_field(struct line *l, const char *key, const char *value)
 
 static void line_finish(struct line *l)
 {
-    if (l->cut)
+    if (l->cut) {
         l->len = l->cap - 1; /* cut short by a failed allocation: keep room for the newline */
-    put(l, "\n", 1);
+        l->data[l->len++] = '\n';
+    } else {
+        put(l, "\n", 1);
+    }
     pthread_mutex_lock(&write_lock);
     for (size_t off = 0; off < l->len;) {
         ssize_t n = write(STDERR_FILENO, l->data + off, l->len - off);

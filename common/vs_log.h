@@ -2,11 +2,12 @@
  *
  * A line reads: time=2026-11-28T11:00:00.123Z level=info msg="snapshot prepared" key=k1 namespace=default
  * (UTC time with milliseconds, the level, the message, then the fields in the order given). Values follow the
- * go-logfmt rules so containerd's tooling reads them: written bare unless empty, "null", or holding a space, '=', '"',
- * a control character (U+0000..U+001F, U+007F) or invalid UTF-8; quoted values escape \" \\ \n \r \t, other control
- * characters as \u00XX and each invalid UTF-8 byte as \ufffd. A NULL value is written bare as null. Keys are written
- * as given, with any space, '=', '"', control or non-ASCII byte replaced by '_' (an empty key becomes "_").
- * Each line goes out in one write(2) under a lock, so lines from concurrent threads never interleave; errno is kept. */
+ * go-logfmt rules so containerd's tooling reads them: bare unless empty, "null", or holding a space, '=',
+ * '"', a control character (U+0000..U+001F, U+007F) or invalid UTF-8; quoted values escape \" \\ \n \r \t,
+ * other control characters as \u00XX and each invalid UTF-8 byte as \ufffd. A NULL value is written bare as
+ * null. Keys are written as given, with any space, '=', '"', control or non-ASCII byte replaced by '_' (an
+ * empty key becomes "_"). Each line goes out in one write(2) under a lock, so lines from concurrent threads
+ * never interleave; errno is preserved. */
 #ifndef VERITYSNAP_COMMON_VS_LOG_H
 #define VERITYSNAP_COMMON_VS_LOG_H
 
@@ -27,8 +28,8 @@ struct vs_log_field {
     const char *value;
 };
 
-/* Sets the threshold from "debug", "info", "warn" (or "warning") or "error", in any case; lower levels are dropped.
- * Returns 0, or -EINVAL for any other name (the threshold is then unchanged). */
+/* Sets the threshold from "debug", "info", "warn" (or "warning") or "error", in any case; lines below it are
+ * dropped. Returns 0, or -EINVAL for any other name (the threshold is then unchanged). */
 int vs_log_set_level(const char *name);
 
 /* The current threshold: VS_LOG_INFO until vs_log_set_level changes it.

@@ -1,5 +1,5 @@
-/* The config file reader: one pass over the text that checks encoding first, then a line-oriented recursive
- * descent (header, key/value or blank per line) building tables with a hash index so big files stay linear. */
+/* The config file reader: one pass that checks the encoding first, then a line-oriented recursive descent
+ * (header, key/value or blank per line) building tables with a hash index so big files stay linear. */
 #include "vs_toml.h"
 
 #include <errno.h>
@@ -38,12 +38,12 @@ struct vs_toml_table {
     char *name;
     int line;
     int depth;
-    bool defined;       /* by its own header, or as an array element (vs implicitly, as the parent in [a.b]) */
+    bool defined; /* by its own header, or as an array element (vs implicitly, as the parent in [a.b]) */
     bool array_element;
     struct toml_entry *entries; /* in file order */
     size_t count, cap;
-    uint32_t *index;            /* open addressing: entry position + 1, 0 for an empty slot */
-    size_t index_cap;           /* a power of two, at least twice count */
+    uint32_t *index;  /* open addressing: entry position + 1, 0 for an empty slot */
+    size_t index_cap; /* a power of two, at least twice count */
 };
 
 struct vs_toml {
@@ -237,8 +237,8 @@ static int table_add(struct vs_toml_table *t, const struct toml_entry *entry)
     return 0;
 }
 
-static struct vs_toml_table *table_new(const struct vs_toml *doc, const struct vs_toml_table *parent, const char *key,
-                                       int line, bool array_element)
+static struct vs_toml_table *table_new(const struct vs_toml *doc, const struct vs_toml_table *parent,
+                                       const char *key, int line, bool array_element)
 {
     struct vs_toml_table *t = calloc(1, sizeof(*t));
     if (!t)
@@ -341,7 +341,8 @@ static int column_of(const struct parser *ps, const char *at)
     return column;
 }
 
-static int fail_at(const struct parser *ps, const char *at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail_at(const struct parser *ps, const char *at, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int fail_at(const struct parser *ps, const char *at, const char *fmt, ...)
 {
     char msg[800];
@@ -368,8 +369,8 @@ static int fail_nomem(const struct parser *ps)
     return vs_fail(ps->err, -ENOMEM, "%s:%d: out of memory", ps->doc->source, ps->line);
 }
 
-/* Decodes the UTF-8 sequence at s (at most n bytes); returns its length, or 0 when invalid (overlong, surrogate,
- * above U+10FFFF, truncated). */
+/* Decodes the UTF-8 sequence at s (at most n bytes); returns its length, or 0 when invalid (overlong,
+ * surrogate, above U+10FFFF, truncated). */
 static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
 {
     size_t len;
@@ -419,8 +420,8 @@ static const char *describe(const struct parser *ps, const char *at, char *buf, 
     return buf;
 }
 
-/* TOML text is UTF-8 without control characters other than tab and line ends; checking that once up front lets the
- * grammar below treat every byte it meets as legal text. */
+/* TOML text is UTF-8 without control characters other than tab and line ends; checking that once up front
+ * lets the grammar below treat every byte it meets as legal text. */
 static int check_encoding(struct parser *ps)
 {
     const char *start = ps->p;
@@ -529,7 +530,8 @@ static int put_utf8(struct strbuf *sb, uint32_t cp)
         out[2] = (unsigned char)(0x80 | (cp & 0x3f)), n = 3;
     } else {
         out[0] = (unsigned char)(0xf0 | cp >> 18), out[1] = (unsigned char)(0x80 | (cp >> 12 & 0x3f));
-        out[2] = (unsigned char)(0x80 | (cp >> 6 & 0x3f)), out[3] = (unsigned char)(0x80 | (cp & 0x3f)), n = 4;
+        out[2] = (unsigned char)(0x80 | (cp >> 6 & 0x3f)), out[3] = (unsigned char)(0x80 | (cp & 0x3f)),
+        n = 4;
     }
     return sb_put(sb, out, n);
 }
@@ -544,13 +546,27 @@ static int parse_escape(struct parser *ps, struct strbuf *sb)
     char c = *ps->p++;
     const char *simple = NULL;
     switch (c) {
-    case 'b': simple = "\b"; break;
-    case 't': simple = "\t"; break;
-    case 'n': simple = "\n"; break;
-    case 'f': simple = "\f"; break;
-    case 'r': simple = "\r"; break;
-    case '"': simple = "\""; break;
-    case '\\': simple = "\\"; break;
+    case 'b':
+        simple = "\b";
+        break;
+    case 't':
+        simple = "\t";
+        break;
+    case 'n':
+        simple = "\n";
+        break;
+    case 'f':
+        simple = "\f";
+        break;
+    case 'r':
+        simple = "\r";
+        break;
+    case '"':
+        simple = "\"";
+        break;
+    case '\\':
+        simple = "\\";
+        break;
     case 'u':
     case 'U': {
         int digits = c == 'u' ? 4 : 8;
@@ -634,8 +650,8 @@ static int parse_key(struct parser *ps, char **out)
     return 0;
 }
 
-/* Classifies and converts a number-like word: decimal integers only, everything else TOML calls a number is named
- * in the error so the user knows it is the subset, not the syntax, that refuses it. */
+/* Classifies and converts a number-like word: decimal integers only, everything else TOML calls a number is
+ * named in the error so the user knows it is the subset, not the syntax, that refuses it. */
 static int parse_integer(struct parser *ps, const char *word, size_t n, int64_t *out)
 {
     const char *s = word, *e = word + n;
@@ -644,7 +660,8 @@ static int parse_integer(struct parser *ps, const char *word, size_t n, int64_t 
         negative = *s++ == '-';
     size_t rest = (size_t)(e - s);
     bool date = memchr(word, ':', n) != NULL;
-    if (n >= 5 && is_digit(word[0]) && is_digit(word[1]) && is_digit(word[2]) && is_digit(word[3]) && word[4] == '-')
+    if (n >= 5 && is_digit(word[0]) && is_digit(word[1]) && is_digit(word[2]) && is_digit(word[3]) &&
+        word[4] == '-')
         date = true;
     if (date)
         return fail_at(ps, word, "dates and times are not supported");
@@ -662,7 +679,8 @@ static int parse_integer(struct parser *ps, const char *word, size_t n, int64_t 
         if (is_digit((unsigned char)*q)) {
             unsigned d = (unsigned)(*q - '0');
             if (value > (limit - d) / 10)
-                return fail_at(ps, word, "integer %.*s does not fit in 64 bits", (int)(n > 64 ? 64 : n), word);
+                return fail_at(ps, word, "integer %.*s does not fit in 64 bits", (int)(n > 64 ? 64 : n),
+                               word);
             value = value * 10 + d;
         } else if (*q == '_') {
             if (q == s || !is_digit((unsigned char)q[-1]) || q + 1 == e || !is_digit((unsigned char)q[1]))
@@ -689,7 +707,8 @@ static int parse_array(struct parser *ps, struct toml_entry *e)
     for (;;) {
         skip_blank(ps);
         if (ps->p == ps->end) {
-            rc = vs_fail(ps->err, -EINVAL, "%s:%d:%d: unterminated array", ps->doc->source, open_line, open_column);
+            rc = vs_fail(ps->err, -EINVAL, "%s:%d:%d: unterminated array", ps->doc->source, open_line,
+                         open_column);
             break;
         }
         if (*ps->p == ']') {
@@ -800,7 +819,8 @@ static int parse_value(struct parser *ps, struct toml_entry *e)
         e->kind = KIND_INT;
         e->v.integer = value;
     } else if (n > 0) {
-        return fail_at(ps, start, "expected a value (a string, integer, boolean or array of strings), found \"%.*s\"",
+        return fail_at(ps, start,
+                       "expected a value (a string, integer, boolean or array of strings), found \"%.*s\"",
                        (int)(n > 64 ? 64 : n), start);
     } else {
         char buf[16];
@@ -827,8 +847,8 @@ static int parse_key_value(struct parser *ps)
     } else {
         const struct toml_entry *old = table_find(ps->current, e.key);
         if (old && (old->kind == KIND_TABLE || old->kind == KIND_TABLE_ARRAY))
-            rc = fail_at(ps, start, "key %s is already %s defined on line %d", quoted_key(e.key, kbuf, sizeof(kbuf)),
-                         kind_name(old->kind), old->line);
+            rc = fail_at(ps, start, "key %s is already %s defined on line %d",
+                         quoted_key(e.key, kbuf, sizeof(kbuf)), kind_name(old->kind), old->line);
         else if (old)
             rc = fail_at(ps, start, "duplicate key %s (first defined on line %d)",
                          quoted_key(e.key, kbuf, sizeof(kbuf)), old->line);
@@ -847,8 +867,9 @@ static int parse_key_value(struct parser *ps)
     return end_line(ps, "the value");
 }
 
-/* Makes the entry key of t a table or an array of tables (new, or the element appended); returns it in *out. */
-static int add_table(struct parser *ps, struct vs_toml_table *t, char *key, bool array, struct vs_toml_table **out)
+/* Adds key to t as a new table, or as a new array of tables holding one element; returns that in *out. */
+static int add_table(struct parser *ps, struct vs_toml_table *t, char *key, bool array,
+                     struct vs_toml_table **out)
 {
     struct vs_toml_table *child = table_new(ps->doc, t, key, ps->line, array);
     if (!child) {
@@ -885,7 +906,8 @@ static int parse_header(struct parser *ps)
     for (;;) {
         skip_ws(ps);
         if (depth == VS_TOML_MAX_DEPTH) {
-            rc = fail_at(ps, ps->p, "tables nested deeper than %d levels are not supported", VS_TOML_MAX_DEPTH);
+            rc = fail_at(ps, ps->p, "tables nested deeper than %d levels are not supported",
+                         VS_TOML_MAX_DEPTH);
             break;
         }
         rc = parse_key(ps, &keys[depth]);
@@ -947,7 +969,8 @@ static int parse_header(struct parser *ps)
             t->defined = true;
             t->line = ps->line;
         } else if (!array && e->kind == KIND_TABLE) {
-            rc = fail_line(ps, "table %.*s is already defined on line %d", header_len, open, e->v.table->line);
+            int first = e->v.table->line;
+            rc = fail_line(ps, "table %.*s is already defined on line %d", header_len, open, first);
         } else {
             rc = fail_line(ps, "cannot define %.*s: key %s on line %d is %s", header_len, open,
                            quoted_key(key, kbuf, sizeof(kbuf)), e->line, kind_name(e->kind));
@@ -1006,7 +1029,11 @@ struct vs_toml *vs_toml_parse(const char *text, size_t len, const char *source_n
     }
     doc->root->defined = true;
     struct parser ps = {
-        .p = text ? text : "", .end = text ? text + len : "", .line = 1, .doc = doc, .current = doc->root,
+        .p = text ? text : "",
+        .end = text ? text + len : "",
+        .line = 1,
+        .doc = doc,
+        .current = doc->root,
         .err = err,
     };
     ps.line_start = ps.p;
@@ -1092,8 +1119,8 @@ static const struct toml_entry *lookup(const struct vs_toml_table *t, const char
             *rc = vs_fail(err, -ENOENT, "%s:%d: missing key %s%s", t->doc->source, t->line,
                           quoted_key(key, kbuf, sizeof(kbuf)), where(t, wbuf, sizeof(wbuf)));
         else
-            *rc = vs_fail(err, -ENOENT, "%s: missing key %s%s", t->doc->source, quoted_key(key, kbuf, sizeof(kbuf)),
-                          where(t, wbuf, sizeof(wbuf)));
+            *rc = vs_fail(err, -ENOENT, "%s: missing key %s%s", t->doc->source,
+                          quoted_key(key, kbuf, sizeof(kbuf)), where(t, wbuf, sizeof(wbuf)));
         return NULL;
     }
     if (e->kind != want) {
@@ -1116,7 +1143,8 @@ int vs_toml_get_table(const struct vs_toml_table *t, const char *key, const stru
     return rc;
 }
 
-int vs_toml_get_table_array(const struct vs_toml_table *t, const char *key, size_t *count, struct vs_error *err)
+int vs_toml_get_table_array(const struct vs_toml_table *t, const char *key, size_t *count,
+                            struct vs_error *err)
 {
     int rc;
     const struct toml_entry *e = lookup(t, key, KIND_TABLE_ARRAY, err, &rc);
@@ -1125,7 +1153,8 @@ int vs_toml_get_table_array(const struct vs_toml_table *t, const char *key, size
     return rc;
 }
 
-const struct vs_toml_table *vs_toml_table_array_at(const struct vs_toml_table *t, const char *key, size_t index)
+const struct vs_toml_table *vs_toml_table_array_at(const struct vs_toml_table *t, const char *key,
+                                                   size_t index)
 {
     const struct toml_entry *e = t && key ? table_find(t, key) : NULL;
     if (!e || e->kind != KIND_TABLE_ARRAY || index >= e->v.tables.count)
@@ -1185,7 +1214,8 @@ int vs_toml_unknown_keys(const struct vs_toml_table *t, const char *const allowe
         if (known)
             continue;
         if (e->kind == KIND_TABLE)
-            return vs_fail(err, -EINVAL, "%s:%d: unknown table [%s]", t->doc->source, e->line, e->v.table->name);
+            return vs_fail(err, -EINVAL, "%s:%d: unknown table [%s]", t->doc->source, e->line,
+                           e->v.table->name);
         if (e->kind == KIND_TABLE_ARRAY)
             return vs_fail(err, -EINVAL, "%s:%d: unknown array of tables [[%s]]", t->doc->source, e->line,
                            e->v.tables.items[0]->name);
@@ -1220,7 +1250,8 @@ int vs_toml_line(const struct vs_toml_table *t, const char *key)
     return e ? e->line : 0;
 }
 
-int vs_toml_fail(const struct vs_toml_table *t, const char *key, struct vs_error *err, int code, const char *fmt, ...)
+int vs_toml_fail(const struct vs_toml_table *t, const char *key, struct vs_error *err, int code,
+                 const char *fmt, ...)
 {
     char msg[800];
     va_list ap;

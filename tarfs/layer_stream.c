@@ -197,7 +197,7 @@ static const char *isal_reason(int rc)
     case ISAL_INVALID_LOOKBACK: return "invalid deflate distance";
     case ISAL_INVALID_WRAPPER: return "invalid gzip header";
     case ISAL_UNSUPPORTED_METHOD: return "unsupported gzip method";
-    case ISAL_INCORRECT_CHECKSUM: return "gzip checksum mismatch";
+    case ISAL_INCORRECT_CHECKSUM: return "gzip trailer mismatch (CRC-32 or length)";
     default: return "corrupt gzip data";
     }
 }

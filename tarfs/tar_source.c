@@ -133,8 +133,9 @@ static int add_entry(struct archive *a, struct archive_entry *e, struct erofs_wr
     } else if (strncmp(base, WHITEOUT_PREFIX, strlen(WHITEOUT_PREFIX)) == 0) {
         /* An OCI whiteout becomes what overlayfs understands: a 0/0 character device with the hidden name. */
         memmove(parts[count - 1], base + strlen(WHITEOUT_PREFIX), strlen(base) - strlen(WHITEOUT_PREFIX) + 1);
-        if (parts[count - 1][0] == '\0') {
-            rc = vs_fail(err, -EBADMSG, "whiteout without a name");
+        const char *hidden = parts[count - 1];
+        if (hidden[0] == '\0' || strcmp(hidden, ".") == 0 || strcmp(hidden, "..") == 0) {
+            rc = vs_fail(err, -EBADMSG, "whiteout of '%s' is not a name", hidden);
         } else if ((rc = entry_attrs(e, &attrs, err)) == 0) {
             attrs.mode = S_IFCHR;
             attrs.rdev_major = attrs.rdev_minor = 0;
@@ -206,6 +207,8 @@ int tar_source_read(struct layer_stream *stream, struct erofs_writer *w, const s
         if (ar == ARCHIVE_EOF)
             break;
         la_int64_t pos = archive_read_header_position(a);
+        if (pos < 0) /* no header parsed: say where the reader stopped */
+            pos = archive_filter_bytes(a, 0);
         if (ar == ARCHIVE_FATAL || ar == ARCHIVE_FAILED || ar == ARCHIVE_RETRY) {
             rc = vs_fail(err, r.read_err.code ? r.read_err.code : -EBADMSG, "tar header at byte offset %lld: %s",
                          (long long)pos, r.read_err.code ? r.read_err.message : archive_error_string(a));

@@ -50,8 +50,8 @@ int cmd_convert(int argc, char **argv)
         LAYER_LONG_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    int opt;
-    while ((opt = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+    int opt, longindex = 0;
+    while ((opt = getopt_long(argc, argv, "o:h", longopts, &longindex)) != -1) {
         if (opt == OPT_OUTPUT) {
             out = optarg;
         } else if (opt == OPT_DIR) {
@@ -64,7 +64,7 @@ int cmd_convert(int argc, char **argv)
         } else {
             int r = tool_parse_layer_option(opt, optarg, &opts);
             if (r < 0)
-                return tool_usage_error("bad value '%s' for option %s", optarg, argv[optind - 1]);
+                return tool_usage_error("bad value '%s' for --%s", optarg, longopts[longindex].name);
             if (r == 0) {
                 fputs(convert_usage, stderr);
                 return EXIT_USAGE;
@@ -108,15 +108,15 @@ int cmd_roothash(int argc, char **argv)
         LAYER_LONG_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    int opt;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    int opt, longindex = 0;
+    while ((opt = getopt_long(argc, argv, "h", longopts, &longindex)) != -1) {
         if (opt == OPT_HELP) {
             fputs(roothash_usage, stdout);
             return EXIT_OK;
         }
         int r = tool_parse_layer_option(opt, optarg, &opts);
         if (r < 0)
-            return tool_usage_error("bad value '%s' for option %s", optarg, argv[optind - 1]);
+            return tool_usage_error("bad value '%s' for --%s", optarg, longopts[longindex].name);
         if (r == 0) {
             fputs(roothash_usage, stderr);
             return EXIT_USAGE;

@@ -35,8 +35,8 @@ int cmd_verify(int argc, char **argv)
         LAYER_LONG_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    int opt;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    int opt, longindex = 0;
+    while ((opt = getopt_long(argc, argv, "h", longopts, &longindex)) != -1) {
         if (opt == 'h') {
             fputs(verify_usage, stdout);
             return EXIT_OK;
@@ -51,7 +51,7 @@ int cmd_verify(int argc, char **argv)
             int r = tool_parse_layer_option(opt, optarg, &opts);
             if (r <= 0) {
                 if (r < 0)
-                    return tool_usage_error("bad value '%s' for option %s", optarg, argv[optind - 1]);
+                    return tool_usage_error("bad value '%s' for --%s", optarg, longopts[longindex].name);
                 fputs(verify_usage, stderr);
                 return EXIT_USAGE;
             }

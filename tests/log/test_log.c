@@ -1,6 +1,7 @@
-/* vs_log tests: stderr is captured through a pipe (dup2) and every line is compared byte for byte with the line
- * go-logfmt would write for the same fields (the expected strings are worked out by hand from its quoting rules);
- * the time stamp is checked against the clock; thresholds; one intact line per call from concurrent threads. */
+/* vs_log tests: stderr is captured through a pipe (dup2) and every line is compared byte for byte with the
+ * line go-logfmt would write for the same fields (the expected strings are worked out by hand from its
+ * quoting rules); the time stamp is checked against the clock; thresholds; one intact line per call from
+ * concurrent threads. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -66,7 +67,8 @@ static void capture_begin(void)
     pthread_create(&cap.reader, NULL, drain, NULL);
 }
 
-/* Restores stderr and returns everything written to it since capture_begin (NUL-terminated, until the next call). */
+/* Restores stderr and returns everything written to it since capture_begin (NUL-terminated, until the next
+ * call). */
 static const char *capture_end(void)
 {
     dup2(cap.saved, STDERR_FILENO); /* closes the last write end of the pipe: the reader sees end of file */
@@ -93,23 +95,23 @@ static const char *after_time(const char *line)
     memcpy(stamp, line + 5, 24);
     stamp[24] = '\0';
     const char *rest = strptime(stamp, "%Y-%m-%dT%H:%M:%S", &tm);
-    CHECK(rest && sscanf(rest, ".%3d%c", &ms, &z) == 2 && z == 'Z' && ms >= 0 && ms <= 999 && rest[1] >= '0' &&
-              rest[3] <= '9',
+    CHECK(rest && sscanf(rest, ".%3d%c", &ms, &z) == 2 && z == 'Z' && ms >= 0 && ms <= 999 &&
+              rest[1] >= '0' && rest[3] <= '9',
           "bad time stamp %s", stamp);
     time_t when = timegm(&tm), now = time(NULL);
     CHECK(when <= now && now - when < 5, "time stamp %s is %lld s off", stamp, (long long)(now - when));
     return line + 30;
 }
 
-/* Captures one call and compares the line after its time stamp with want (which excludes the final newline). */
+/* Captures one call; compares the line after its time stamp with want (which has no final newline). */
 #define EXPECT_LINE(want, call)                                                                              \
     do {                                                                                                     \
         capture_begin();                                                                                     \
         call;                                                                                                \
         const char *got_ = capture_end();                                                                    \
         size_t n_ = strlen(got_);                                                                            \
-        CHECK(n_ > 0 && got_[n_ - 1] == '\n' && !memchr(got_, '\n', n_ - 1), "not one line: [%s]", got_);     \
-        char *line_ = strndup(got_, n_ ? n_ - 1 : 0);                                                       \
+        CHECK(n_ > 0 && got_[n_ - 1] == '\n' && !memchr(got_, '\n', n_ - 1), "not one line: [%s]", got_);    \
+        char *line_ = strndup(got_, n_ ? n_ - 1 : 0);                                                        \
         const char *tail_ = after_time(line_);                                                               \
         CHECK(!strcmp(tail_, want), "\n  got  [%s]\n  want [%s]", tail_, want);                              \
         free(line_);                                                                                         \
@@ -126,10 +128,12 @@ static const char *after_time(const char *line)
 static void test_format(void)
 {
     EXPECT_LINE("level=info msg=\"snapshot prepared\" key=k1 namespace=default rpc=Prepare",
-                vs_log(VS_LOG_INFO, "snapshot prepared", "key", "k1", "namespace", "default", "rpc", "Prepare", NULL));
+                vs_log(VS_LOG_INFO, "snapshot prepared", "key", "k1", "namespace", "default", "rpc",
+                       "Prepare", NULL));
     EXPECT_LINE("level=error msg=started", vs_log(VS_LOG_ERROR, "started", NULL));
     EXPECT_LINE("level=warn msg=null", vs_log(VS_LOG_WARN, NULL, NULL));
-    EXPECT_LINE("level=info msg=\"\" a=null b=\"\"", vs_log(VS_LOG_INFO, "", "a", (const char *)NULL, "b", "", NULL));
+    EXPECT_LINE("level=info msg=\"\" a=null b=\"\"",
+                vs_log(VS_LOG_INFO, "", "a", (const char *)NULL, "b", "", NULL));
 
     /* Values: bare unless they need quotes; quoted ones escaped as go-logfmt does. */
     static const struct {
@@ -164,12 +168,13 @@ static void test_format(void)
         snprintf(want, sizeof(want), "level=info msg=m v=%s", values[i].want);
         EXPECT_LINE(want, vs_log(VS_LOG_INFO, "m", "v", values[i].value, NULL));
     }
-    EXPECT_LINE("level=info msg=\"a \\\"quoted\\\" message\\n\"", vs_log(VS_LOG_INFO, "a \"quoted\" message\n", NULL));
+    EXPECT_LINE("level=info msg=\"a \\\"quoted\\\" message\\n\"",
+                vs_log(VS_LOG_INFO, "a \"quoted\" message\n", NULL));
 
     /* Keys are never quoted: what logfmt cannot carry in a key becomes '_'. */
     EXPECT_LINE("level=info msg=m bad_key=1 a_b=2 _=3 q_=4 __=5 tab_=6",
-                vs_log(VS_LOG_INFO, "m", "bad key", "1", "a=b", "2", "", "3", "q\"", "4", "\xc3\xa9", "5", "tab\t", "6",
-                       NULL));
+                vs_log(VS_LOG_INFO, "m", "bad key", "1", "a=b", "2", "", "3", "q\"", "4", "\xc3\xa9", "5",
+                       "tab\t", "6", NULL));
 
     /* The array form; NULL keys are skipped. */
     struct vs_log_field fields[] = {{"layer", "sha256:00ff"}, {NULL, "skipped"}, {"error", "No such file"}};
@@ -201,7 +206,8 @@ static void test_levels(void)
 {
     CHECK(vs_log_get_level() == VS_LOG_INFO, "default threshold %d", vs_log_get_level());
     EXPECT_NOTHING(vs_log(VS_LOG_DEBUG, "hidden", "k", "v", NULL));
-    CHECK(!vs_log_enabled(VS_LOG_DEBUG) && vs_log_enabled(VS_LOG_INFO) && vs_log_enabled(VS_LOG_ERROR), "enabled");
+    CHECK(!vs_log_enabled(VS_LOG_DEBUG) && vs_log_enabled(VS_LOG_INFO) && vs_log_enabled(VS_LOG_ERROR),
+          "enabled");
 
     CHECK(vs_log_set_level("debug") == 0, "debug");
     CHECK(vs_log_get_level() == VS_LOG_DEBUG && vs_log_enabled(VS_LOG_DEBUG), "debug threshold");
@@ -211,7 +217,8 @@ static void test_levels(void)
     EXPECT_NOTHING(vs_log(VS_LOG_INFO, "hidden", NULL));
     EXPECT_NOTHING(vs_log_fields(VS_LOG_DEBUG, "hidden", NULL, 0));
     EXPECT_LINE("level=warn msg=shown", vs_log(VS_LOG_WARN, "shown", NULL));
-    CHECK(vs_log_set_level("info") == 0 && vs_log_set_level("Warning") == 0 && vs_log_get_level() == VS_LOG_WARN,
+    CHECK(vs_log_set_level("info") == 0 && vs_log_set_level("Warning") == 0 &&
+              vs_log_get_level() == VS_LOG_WARN,
           "warning alias");
     CHECK(vs_log_set_level("error") == 0 && vs_log_get_level() == VS_LOG_ERROR, "error");
     EXPECT_NOTHING(vs_log(VS_LOG_WARN, "hidden", NULL));
@@ -222,7 +229,8 @@ static void test_levels(void)
     CHECK(vs_log_set_level(NULL) == -EINVAL, "NULL accepted");
     CHECK(vs_log_get_level() == VS_LOG_ERROR, "a rejected name changed the threshold");
 
-    CHECK(!strcmp(vs_log_level_name(VS_LOG_DEBUG), "debug") && !strcmp(vs_log_level_name(VS_LOG_WARN), "warn") &&
+    CHECK(!strcmp(vs_log_level_name(VS_LOG_DEBUG), "debug") &&
+              !strcmp(vs_log_level_name(VS_LOG_WARN), "warn") &&
               !strcmp(vs_log_level_name((enum vs_log_level)9), "unknown"),
           "level names");
     vs_log_set_level("info");
@@ -260,7 +268,8 @@ static void test_threads(void)
         lines++;
         int id = -1, seq = -1, used = 0;
         const char *tail = after_time(line);
-        if (sscanf(tail, "level=info msg=\"concurrent line\" thread=%d seq=%d pad=%n", &id, &seq, &used) != 2 ||
+        if (sscanf(tail, "level=info msg=\"concurrent line\" thread=%d seq=%d pad=%n", &id, &seq, &used) !=
+                2 ||
             id < 0 || id >= THREADS) {
             CHECK(0, "mangled line: %.80s", line);
             break;
@@ -268,7 +277,8 @@ static void test_threads(void)
         CHECK(seq == next[id], "thread %d: line %d after %d", id, seq, next[id] - 1);
         next[id] = seq + 1;
         const char *pad = tail + used;
-        CHECK(strlen(pad) == 300 && strspn(pad, (char[]){(char)('a' + id), 0}) == 300, "thread %d: torn pad", id);
+        CHECK(strlen(pad) == 300 && strspn(pad, (char[]){(char)('a' + id), 0}) == 300, "thread %d: torn pad",
+              id);
         if (failures)
             break;
     }

@@ -1,6 +1,7 @@
-/* libFuzzer target for vs_toml: parses the input, then walks every table reading every key through every getter
- * and checks what the API promises: a failed parse names the source and a line, strings are NUL-free valid UTF-8,
- * a key is readable by exactly one getter, arrays are NULL-terminated, the unknown-key check reports each key. */
+/* libFuzzer target for vs_toml: parses the input, then walks every table reading every key through every
+ * getter and checks what the API promises: a failed parse names the source and a line, strings are NUL-free
+ * valid UTF-8, a key is readable by exactly one getter, arrays are NULL-terminated, the unknown-key check
+ * reports each key. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>

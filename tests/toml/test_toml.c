@@ -1,7 +1,7 @@
 /* vs_toml unit tests: a containerd-style config read back value by value; every rejected input with its exact
- * message (source, line, column); the getters' and unknown-key messages; the size and depth bounds; files. The
- * expected values are written out by hand from the TOML 1.0 specification (tests/toml/test_toml_oracle.py checks the
- * same parser against Python's tomllib). */
+ * message (source, line, column); the getters' and unknown-key messages; the size and depth bounds; files.
+ * The expected values are written out by hand from the TOML 1.0 specification (tests/toml/test_toml_oracle.py
+ * checks the same parser against Python's tomllib). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -32,50 +32,49 @@ static struct vs_toml *parse(const char *text, struct vs_error *err)
     return vs_toml_parse(text, strlen(text), "config.toml", err);
 }
 
-static const char config[] =
-    "# veritysnap config\n"                                                          /* 1 */
-    "version = 2\n"                                                                  /* 2 */
-    "root = \"/var/lib/veritysnap\"\n"                                               /* 3 */
-    "debug = false\n"                                                                /* 4 */
-    "\n"                                                                             /* 5 */
-    "[grpc]\n"                                                                       /* 6 */
-    "address = \"/run/veritysnap/veritysnap.sock\"   # the socket\n"                 /* 7 */
-    "uid = 0\n"                                                                      /* 8 */
-    "gid = -1\n"                                                                     /* 9 */
-    "\n"                                                                             /* 10 */
-    "[verity]\n"                                                                     /* 11 */
-    "mode = 'require'\n"                                                             /* 12 */
-    "salt = \"00\\u00e9\\t\\\"q\\\"\\\\ \\U0001F600\\b\\f\\r\\n\"\n"                 /* 13 */
-    "literal = 'C:\\path\\\"#x'\n"                                                   /* 14 */
-    "max = 9_223_372_036_854_775_807\n"                                              /* 15 */
-    "min = -9223372036854775808\n"                                                   /* 16 */
-    "plus = +17\n"                                                                   /* 17 */
-    "zero = -0\n"                                                                    /* 18 */
-    "on = true\n"                                                                    /* 19 */
-    "hash = \"#not a comment\" # a comment\n"                                        /* 20 */
-    "\n"                                                                             /* 21 */
-    "[[listen]]\n"                                                                   /* 22 */
-    "address = \"/run/a.sock\"\n"                                                    /* 23 */
-    "dialect = \"host\"\n"                                                           /* 24 */
-    "options = [\n"                                                                  /* 25 */
-    "  \"ro\",   # read-only\n"                                                      /* 26 */
-    "  'loop',\n"                                                                    /* 27 */
-    "  \"X-containerd.dmverity=on\",\n"                                              /* 28 */
-    "]\n"                                                                            /* 29 */
-    "\n"                                                                             /* 30 */
-    "[listen.tuning]\n"                                                              /* 31 */
-    "depth = 3\n"                                                                    /* 32 */
-    "\n"                                                                             /* 33 */
-    "[[listen]]\n"                                                                   /* 34 */
-    "address = \"/run/b.sock\"\n"                                                    /* 35 */
-    "dialect = \"kata-erofs\"\n"                                                     /* 36 */
-    "options = []\n"                                                                 /* 37 */
-    "\n"                                                                             /* 38 */
-    "[ plugins . \"io.containerd.snapshotter.v1.veritysnap\" ]\n"                    /* 39 */
-    "\"quoted key\" = true\n"                                                        /* 40 */
-    "'lit key' = \"x\"\n"                                                            /* 41 */
-    "1234 = \"numeric bare key\"\n"                                                  /* 42 */
-    "\t  indented\t=\t\"tabs\"\t\n";                                                 /* 43 */
+static const char config[] = "# veritysnap config\n"                                          /* 1 */
+                             "version = 2\n"                                                  /* 2 */
+                             "root = \"/var/lib/veritysnap\"\n"                               /* 3 */
+                             "debug = false\n"                                                /* 4 */
+                             "\n"                                                             /* 5 */
+                             "[grpc]\n"                                                       /* 6 */
+                             "address = \"/run/veritysnap/veritysnap.sock\"   # the socket\n" /* 7 */
+                             "uid = 0\n"                                                      /* 8 */
+                             "gid = -1\n"                                                     /* 9 */
+                             "\n"                                                             /* 10 */
+                             "[verity]\n"                                                     /* 11 */
+                             "mode = 'require'\n"                                             /* 12 */
+                             "salt = \"00\\u00e9\\t\\\"q\\\"\\\\ \\U0001F600\\b\\f\\r\\n\"\n" /* 13 */
+                             "literal = 'C:\\path\\\"#x'\n"                                   /* 14 */
+                             "max = 9_223_372_036_854_775_807\n"                              /* 15 */
+                             "min = -9223372036854775808\n"                                   /* 16 */
+                             "plus = +17\n"                                                   /* 17 */
+                             "zero = -0\n"                                                    /* 18 */
+                             "on = true\n"                                                    /* 19 */
+                             "hash = \"#not a comment\" # a comment\n"                        /* 20 */
+                             "\n"                                                             /* 21 */
+                             "[[listen]]\n"                                                   /* 22 */
+                             "address = \"/run/a.sock\"\n"                                    /* 23 */
+                             "dialect = \"host\"\n"                                           /* 24 */
+                             "options = [\n"                                                  /* 25 */
+                             "  \"ro\",   # read-only\n"                                      /* 26 */
+                             "  'loop',\n"                                                    /* 27 */
+                             "  \"X-containerd.dmverity=on\",\n"                              /* 28 */
+                             "]\n"                                                            /* 29 */
+                             "\n"                                                             /* 30 */
+                             "[listen.tuning]\n"                                              /* 31 */
+                             "depth = 3\n"                                                    /* 32 */
+                             "\n"                                                             /* 33 */
+                             "[[listen]]\n"                                                   /* 34 */
+                             "address = \"/run/b.sock\"\n"                                    /* 35 */
+                             "dialect = \"kata-erofs\"\n"                                     /* 36 */
+                             "options = []\n"                                                 /* 37 */
+                             "\n"                                                             /* 38 */
+                             "[ plugins . \"io.containerd.snapshotter.v1.veritysnap\" ]\n"    /* 39 */
+                             "\"quoted key\" = true\n"                                        /* 40 */
+                             "'lit key' = \"x\"\n"                                            /* 41 */
+                             "1234 = \"numeric bare key\"\n"                                  /* 42 */
+                             "\t  indented\t=\t\"tabs\"\t\n";                                 /* 43 */
 
 static void test_config(void)
 {
@@ -84,7 +83,8 @@ static void test_config(void)
     CHECK(doc != NULL, "parse: %s", err.message);
     if (!doc)
         return;
-    const struct vs_toml_table *root = vs_toml_root(doc), *grpc = NULL, *verity = NULL, *plugins = NULL, *vs = NULL;
+    const struct vs_toml_table *root = vs_toml_root(doc), *grpc = NULL, *verity = NULL, *plugins = NULL,
+                               *vs = NULL;
     const char *s = NULL;
     int64_t i = 0;
     bool b = true;
@@ -155,7 +155,8 @@ static void test_config(void)
     }
 
     CHECK(vs_toml_get_table(root, "plugins", &plugins, &err) == 0, "%s", err.message);
-    CHECK(vs_toml_get_table(plugins, "io.containerd.snapshotter.v1.veritysnap", &vs, &err) == 0, "%s", err.message);
+    CHECK(vs_toml_get_table(plugins, "io.containerd.snapshotter.v1.veritysnap", &vs, &err) == 0, "%s",
+          err.message);
     CHECK_STR(vs_toml_table_name(vs), "plugins.\"io.containerd.snapshotter.v1.veritysnap\"");
     CHECK(vs_toml_line(plugins, NULL) == 39, "implicit parent line %d", vs_toml_line(plugins, NULL));
     CHECK(vs_toml_get_bool(vs, "quoted key", &b, &err) == 0 && b, "quoted key");
@@ -172,7 +173,8 @@ static void test_config(void)
     CHECK(vs_toml_get_int(root, "root", &i, &err) == -EINVAL, "int from string");
     CHECK_STR(err.message, "config.toml:3: key \"root\" is a string, expected an integer");
     CHECK(vs_toml_get_bool(l0, "options", &b, &err) == -EINVAL, "bool from array");
-    CHECK_STR(err.message, "config.toml:25: key \"options\" in [[listen]] is an array of strings, expected a boolean");
+    CHECK_STR(err.message,
+              "config.toml:25: key \"options\" in [[listen]] is an array of strings, expected a boolean");
     CHECK(vs_toml_get_string_array(root, "grpc", &items, &n, &err) == -EINVAL, "array from table");
     CHECK_STR(err.message, "config.toml:6: key \"grpc\" is a table, expected an array of strings");
     CHECK(vs_toml_get_table(root, "listen", &tuning, &err) == -EINVAL, "table from array of tables");
@@ -181,12 +183,14 @@ static void test_config(void)
     CHECK(vs_toml_get_string(root, "nope", &s, &err) == -ENOENT, "missing");
     CHECK_STR(err.message, "config.toml: missing key \"nope\"");
     CHECK(vs_toml_get_int(vs, "nope", &i, &err) == -ENOENT, "missing");
-    CHECK_STR(err.message,
-              "config.toml:39: missing key \"nope\" in [plugins.\"io.containerd.snapshotter.v1.veritysnap\"]");
+    CHECK_STR(
+        err.message,
+        "config.toml:39: missing key \"nope\" in [plugins.\"io.containerd.snapshotter.v1.veritysnap\"]");
     CHECK(vs_toml_get_string(root, "nope", NULL, NULL) == -ENOENT, "NULL err is allowed");
 
     /* Unknown keys, in file order, with their line. */
-    const char *const root_allowed[] = {"version", "root", "debug", "grpc", "verity", "listen", "plugins", NULL};
+    const char *const root_allowed[] = {"version", "root",   "debug",   "grpc",
+                                        "verity",  "listen", "plugins", NULL};
     CHECK(vs_toml_unknown_keys(root, root_allowed, &err) == 0, "%s", err.message);
     const char *const no_debug[] = {"version", "root", "grpc", "verity", "listen", "plugins", NULL};
     CHECK(vs_toml_unknown_keys(root, no_debug, &err) == -EINVAL, "debug unknown");
@@ -205,8 +209,9 @@ static void test_config(void)
     CHECK_STR(err.message, "config.toml:37: unknown key \"options\" in [[listen]]");
     const char *const vs_allowed[] = {"quoted key", "1234", "indented", NULL};
     CHECK(vs_toml_unknown_keys(vs, vs_allowed, &err) == -EINVAL, "lit key unknown");
-    CHECK_STR(err.message,
-              "config.toml:41: unknown key \"lit key\" in [plugins.\"io.containerd.snapshotter.v1.veritysnap\"]");
+    CHECK_STR(
+        err.message,
+        "config.toml:41: unknown key \"lit key\" in [plugins.\"io.containerd.snapshotter.v1.veritysnap\"]");
     const char *const nothing[] = {NULL};
     CHECK(vs_toml_unknown_keys(tuning ? tuning : grpc, nothing, &err) == -EINVAL, "empty allow list");
 
@@ -238,7 +243,9 @@ static void test_small_good(void)
     CHECK(doc != NULL, "NULL text of length 0");
     vs_toml_free(doc);
 
-    doc = parse("\xef\xbb\xbf" "a = \"x\"\r\n[t]\r\nb = 5", &err);
+    doc = parse("\xef\xbb\xbf"
+                "a = \"x\"\r\n[t]\r\nb = 5",
+                &err);
     CHECK(doc != NULL, "BOM + CRLF: %s", err.message);
     if (doc) {
         CHECK(vs_toml_get_string(vs_toml_root(doc), "a", &s, &err) == 0, "%s", err.message);
@@ -249,17 +256,21 @@ static void test_small_good(void)
     }
     vs_toml_free(doc);
 
-    /* A parent created implicitly by [a.b.c] may be defined once later; [[x]] then [x.y] go to the last element. */
+    /* A parent created implicitly by [a.b.c] may be defined once later; [[x]] then [x.y] go to the last
+     * element. */
     doc = parse("[a.b.c]\nx = 1\n[a]\ny = 2\n[a.b]\nz = 3\n"
                 "[[x]]\n[x.y]\nv = 1\n[[x]]\n[x.y]\nv = 2\n[[x.y.w]]\n[[x.y.w]]\nq = 'q'\n",
                 &err);
     CHECK(doc != NULL, "implicit tables: %s", err.message);
     if (doc) {
         const struct vs_toml_table *root = vs_toml_root(doc);
-        CHECK(vs_toml_get_table(root, "a", &t, &err) == 0 && vs_toml_get_int(t, "y", &i, &err) == 0 && i == 2, "a.y");
+        CHECK(vs_toml_get_table(root, "a", &t, &err) == 0 && vs_toml_get_int(t, "y", &i, &err) == 0 && i == 2,
+              "a.y");
         CHECK(vs_toml_line(t, NULL) == 3, "a's line is its header's, %d", vs_toml_line(t, NULL));
-        CHECK(vs_toml_get_table(t, "b", &u, &err) == 0 && vs_toml_get_int(u, "z", &i, &err) == 0 && i == 3, "a.b.z");
-        CHECK(vs_toml_get_table(u, "c", &t, &err) == 0 && vs_toml_get_int(t, "x", &i, &err) == 0 && i == 1, "a.b.c.x");
+        CHECK(vs_toml_get_table(t, "b", &u, &err) == 0 && vs_toml_get_int(u, "z", &i, &err) == 0 && i == 3,
+              "a.b.z");
+        CHECK(vs_toml_get_table(u, "c", &t, &err) == 0 && vs_toml_get_int(t, "x", &i, &err) == 0 && i == 1,
+              "a.b.c.x");
         CHECK_STR(vs_toml_table_name(t), "a.b.c");
         size_t n = 0;
         CHECK(vs_toml_get_table_array(root, "x", &n, &err) == 0 && n == 2, "x count");
@@ -281,9 +292,14 @@ static void test_small_good(void)
         const char *text;
         int64_t value;
     } ints[] = {
-        {"k = 0", 0},           {"k = +0", 0},         {"k = -0", 0},
-        {"k = 1_000", 1000},    {"k = -1_2_3", -123},  {"k = 9223372036854775807", INT64_MAX},
-        {"k = -9223372036854775808", INT64_MIN},        {"k=42#c", 42},
+        {"k = 0", 0},
+        {"k = +0", 0},
+        {"k = -0", 0},
+        {"k = 1_000", 1000},
+        {"k = -1_2_3", -123},
+        {"k = 9223372036854775807", INT64_MAX},
+        {"k = -9223372036854775808", INT64_MIN},
+        {"k=42#c", 42},
     };
     for (size_t k = 0; k < sizeof(ints) / sizeof(*ints); k++) {
         doc = parse(ints[k].text, &err);
@@ -322,7 +338,8 @@ static const struct {
     {"x = ['a']\n[[x]]\n", "config.toml:2: cannot define [[x]]: key \"x\" on line 1 is an array of strings"},
     {"[a.b]\nx = 1\n[a]\nb = 2\n", "config.toml:4:1: key \"b\" is already a table defined on line 1"},
     {"a.b = 1\n", "config.toml:1:1: dotted keys are not supported; write a [table] header instead"},
-    {"[t]\n\"a\" . b = 1\n", "config.toml:2:1: dotted keys are not supported; write a [table] header instead"},
+    {"[t]\n\"a\" . b = 1\n",
+     "config.toml:2:1: dotted keys are not supported; write a [table] header instead"},
     {"x = {a = 1}\n", "config.toml:1:5: inline tables are not supported; use a [table] header"},
     {"x = \"\"\"multi\"\"\"\n", "config.toml:1:5: multi-line strings are not supported"},
     {"x = '''multi'''\n", "config.toml:1:5: multi-line strings are not supported"},
@@ -337,7 +354,8 @@ static const struct {
     {"x = 0b1\n", "config.toml:1:5: hexadecimal, octal and binary integers are not supported"},
     {"x = 9223372036854775808\n", "config.toml:1:5: integer 9223372036854775808 does not fit in 64 bits"},
     {"x = -9223372036854775809\n", "config.toml:1:5: integer -9223372036854775809 does not fit in 64 bits"},
-    {"x = 99999999999999999999999\n", "config.toml:1:5: integer 99999999999999999999999 does not fit in 64 bits"},
+    {"x = 99999999999999999999999\n",
+     "config.toml:1:5: integer 99999999999999999999999 does not fit in 64 bits"},
     {"x = 00\n", "config.toml:1:5: leading zeros are not allowed in \"00\""},
     {"x = -01\n", "config.toml:1:5: leading zeros are not allowed in \"-01\""},
     {"x = 1__0\n", "config.toml:1:5: '_' in an integer must sit between digits"},
@@ -345,10 +363,12 @@ static const struct {
     {"x = +_1\n", "config.toml:1:5: '_' in an integer must sit between digits"},
     {"x = +\n", "config.toml:1:5: invalid integer \"+\""},
     {"x = 12ab\n", "config.toml:1:5: invalid integer \"12ab\""},
-    {"x = _1\n", "config.toml:1:5: expected a value (a string, integer, boolean or array of strings), found \"_1\""},
+    {"x = _1\n",
+     "config.toml:1:5: expected a value (a string, integer, boolean or array of strings), found \"_1\""},
     {"x = true1\n",
      "config.toml:1:5: expected a value (a string, integer, boolean or array of strings), found \"true1\""},
-    {"x = TRUE\n", "config.toml:1:5: expected a value (a string, integer, boolean or array of strings), found \"TRUE\""},
+    {"x = TRUE\n",
+     "config.toml:1:5: expected a value (a string, integer, boolean or array of strings), found \"TRUE\""},
     {"x = \n", "config.toml:1:5: expected a value after '='"},
     {"x =", "config.toml:1:4: expected a value after '='"},
     {"x = # c\n", "config.toml:1:5: expected a value after '='"},
@@ -494,7 +514,8 @@ static void test_files(void)
     if (doc) {
         CHECK(vs_toml_get_table(vs_toml_root(doc), "grpc", &grpc, &err) == 0, "%s", err.message);
         CHECK(vs_toml_get_string(grpc, "address", &s, &err) == -EINVAL, "type");
-        snprintf(want, sizeof(want), "%s:2: key \"address\" in [grpc] is an integer, expected a string", path);
+        snprintf(want, sizeof(want), "%s:2: key \"address\" in [grpc] is an integer, expected a string",
+                 path);
         CHECK_STR(err.message, want);
     }
     vs_toml_free(doc);
@@ -510,7 +531,8 @@ static void test_files(void)
     for (int k = 0; k <= VS_TOML_MAX_BYTES / 8; k++)
         fputs("#567890\n", f); /* 8 bytes */
     fclose(f);
-    CHECK(vs_toml_parse_file(path, &err) == NULL && err.code == -EFBIG, "big file: %d %s", err.code, err.message);
+    CHECK(vs_toml_parse_file(path, &err) == NULL && err.code == -EFBIG, "big file: %d %s", err.code,
+          err.message);
     CHECK(truncate(path, VS_TOML_MAX_BYTES) == 0, "truncate");
     doc = vs_toml_parse_file(path, &err);
     CHECK(doc != NULL, "file of exactly 1 MiB: %s", err.message);

@@ -39,8 +39,9 @@ def same(a, b):
 
 
 def oracle(data):
+    # utf-8-sig: vs_toml skips a leading byte order mark, as readers of config files commonly do; tomllib sees text.
     try:
-        return True, tomllib.loads(data.decode("utf-8"))
+        return True, tomllib.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         return False, str(e)
 

@@ -1,6 +1,6 @@
 /* toml_dump FILE... | toml_dump - (paths on stdin): prints one JSON line per file, {"ok": TREE} or
- * {"error": MESSAGE, "code": N}, walking the tree only through the public getters, so test_toml_oracle.py can compare
- * it with what Python's tomllib makes of the same bytes. */
+ * {"error": MESSAGE, "code": N}, walking the tree only through the public getters, so test_toml_oracle.py can
+ * compare it with what Python's tomllib makes of the same bytes. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

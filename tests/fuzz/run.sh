@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds fuzz_tar_erofs with clang (libFuzzer + ASan + UBSan) and fuzzes the tar -> EROFS converter.
+# Usage: tests/fuzz/run.sh [SECONDS]     (default 60)
+# Env:   VERITYSNAP_FUZZ_BUILD  build directory (default <repo>/build-fuzz); the corpus grows in <build>/fuzz/corpus,
+#        crashing inputs land in <build>/fuzz/artifacts/. Replay one with: <build>/bin/fuzz_tar_erofs FILE
+# Exit status: 0 when SECONDS passed without a crash, non-zero otherwise (libFuzzer's status).
+set -euo pipefail
+secs=${1:-60}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+top=$(cd "$here/../.." && pwd)
+build=${VERITYSNAP_FUZZ_BUILD:-$top/build-fuzz}
+cc=$(command -v clang || command -v clang-14) || { echo "run.sh: clang not found (scripts/install-deps.sh)" >&2; exit 2; }
+gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
+[ -f "$build/CMakeCache.txt" ] && gen=()   # keep the generator an existing build dir was made with
+
+cmake -S "$top" -B "$build" "${gen[@]}" -DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE=Release -DVERITYSNAP_FUZZ=ON >/dev/null
+cmake --build "$build" --target fuzz_tar_erofs
+
+work=$build/fuzz
+rm -rf "$work/seeds"
+mkdir -p "$work/corpus" "$work/artifacts"
+python3 -B "$here/make_seeds.py" "$work/seeds"
+echo "fuzzing for ${secs}s; corpus $work/corpus, crashes in $work/artifacts/"
+exec "$build/bin/fuzz_tar_erofs" -max_total_time="$secs" -max_len=131072 -timeout=30 -rss_limit_mb=4096 \
+  -dict="$here/tar.dict" -artifact_prefix="$work/artifacts/" -print_final_stats=1 "$work/corpus" "$work/seeds"
