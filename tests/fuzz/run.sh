@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds fuzz_tar_erofs with clang (libFuzzer + ASan + UBSan) and fuzzes the tar -> EROFS converter.
-# Usage: tests/fuzz/run.sh [SECONDS]     (default 60)
+# Builds the fuzz targets with clang (libFuzzer + ASan + UBSan) and runs each for SECONDS: fuzz_tar_erofs (the
+# tar -> EROFS converter) and fuzz_toml (the config parser).
+# Usage: tests/fuzz/run.sh [SECONDS]     (default 60, per target)
 # Env:   VERITYSNAP_FUZZ_BUILD  build directory (default <repo>/build-fuzz); the corpus grows in <build>/fuzz/corpus,
 #        crashing inputs land in <build>/fuzz/artifacts/. Replay one with: <build>/bin/fuzz_tar_erofs FILE
 # Exit status: 0 when SECONDS passed without a crash, non-zero otherwise (libFuzzer's status).
@@ -14,12 +15,17 @@ gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
 [ -f "$build/CMakeCache.txt" ] && gen=()   # keep the generator an existing build dir was made with
 
 cmake -S "$top" -B "$build" "${gen[@]}" -DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE=Release -DVERITYSNAP_FUZZ=ON >/dev/null
-cmake --build "$build" --target fuzz_tar_erofs
+cmake --build "$build" --target fuzz_tar_erofs fuzz_toml
 
 work=$build/fuzz
 rm -rf "$work/seeds"
 mkdir -p "$work/corpus" "$work/artifacts"
 python3 -B "$here/make_seeds.py" "$work/seeds"
-echo "fuzzing for ${secs}s; corpus $work/corpus, crashes in $work/artifacts/"
-exec "$build/bin/fuzz_tar_erofs" -max_total_time="$secs" -max_len=131072 -timeout=30 -rss_limit_mb=4096 \
+echo "fuzzing fuzz_tar_erofs for ${secs}s; corpus $work/corpus, crashes in $work/artifacts/"
+"$build/bin/fuzz_tar_erofs" -max_total_time="$secs" -max_len=131072 -timeout=30 -rss_limit_mb=4096 \
   -dict="$here/tar.dict" -artifact_prefix="$work/artifacts/" -print_final_stats=1 "$work/corpus" "$work/seeds"
+toml_work=$build/fuzz-toml
+mkdir -p "$toml_work/corpus" "$toml_work/artifacts"
+echo "fuzzing fuzz_toml for ${secs}s; corpus $toml_work/corpus, crashes in $toml_work/artifacts/"
+"$build/bin/fuzz_toml" -max_total_time="$secs" -timeout=30 -dict="$top/tests/toml/toml.dict" \
+  -artifact_prefix="$toml_work/artifacts/" -print_final_stats=1 "$toml_work/corpus" "$top/tests/toml/corpus"
