@@ -9,7 +9,7 @@ packages=(
   libcryptsetup-dev libdevmapper-dev libsqlite3-dev
   libgrpc-dev protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev protobuf-compiler
   erofs-utils cryptsetup-bin isal zstd gzip tar python3 hyperfine util-linux kmod time
-  containerd runc golang-go golang-github-containerd-containerd-dev
+  containerd runc golang-go golang-github-containerd-containerd-dev busybox-static
 )
 missing=()
 for p in "${packages[@]}"; do
