@@ -12,7 +12,7 @@ struct layer_stream *layer_stream_new(tarfs_read_fn read_fn, void *read_ctx, enu
 void layer_stream_free(struct layer_stream *s);
 
 /* Returns the next chunk of uncompressed bytes (valid until the next call): its length, 0 at the end, or a
- * negative code. Decompression and hashing run ahead on a thread of their own. */
+ * negative code. Decompression runs ahead on a thread of its own. */
 long layer_stream_next(struct layer_stream *s, const void **data, struct vs_error *err);
 
 /* Reads up to cap uncompressed bytes; 0 at the end. Corrupt or truncated input: -EBADMSG naming the offset. */
