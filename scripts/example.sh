@@ -1,46 +1,80 @@
 #!/usr/bin/env bash
-# The main job on a built-in example: installs dependencies, builds, converts a sample OCI layer (tar+gzip) into
-# an EROFS layer file with a dm-verity tree, checks it with veritysetup, mounts it read-only and lists it.
-# Usage (as root): scripts/example.sh
+# The main job on a built-in example: installs dependencies, builds, starts Debian's containerd (own root, state and
+# socket under a temp dir) with veritysnapd as its proxy snapshotter, imports an example image with
+# --snapshotter veritysnap, runs a container from it with runc, prints each layer's dm-verity root hash, and cleans
+# up everything on exit. Usage (as root): scripts/example.sh
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 "$top/scripts/install-deps.sh"
 "$top/scripts/build.sh" "$top/build" Release
 vs="$top/build/bin/veritysnap"
+vsd="$top/build/bin/veritysnapd"
+
 work=$(mktemp -d /tmp/veritysnap-example.XXXXXX)
-cleanup() { mountpoint -q "$work/mnt" && umount "$work/mnt"; rm -rf "$work"; }
-trap cleanup EXIT
+containerd_pid=""
+daemon_pid=""
+ctr() { command ctr -a "$work/containerd.sock" -n example "$@"; }
+cleanup() {
+    set +e
+    if [ -n "$containerd_pid" ]; then
+        ctr tasks kill -s KILL demo >/dev/null 2>&1
+        ctr containers rm demo >/dev/null 2>&1
+        kill "$containerd_pid" 2>/dev/null
+        wait "$containerd_pid" 2>/dev/null
+    fi
+    if [ -n "$daemon_pid" ]; then
+        kill "$daemon_pid" 2>/dev/null
+        wait "$daemon_pid" 2>/dev/null
+    fi
+    # Whatever is still mounted below the temp dir (containerd's and the daemon's mounts), deepest first.
+    awk -v w="$work" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
 
-# A small layer with what real layers carry: directories, files, a symlink, a hardlink, a whiteout.
-mkdir -p "$work/tree/etc" "$work/tree/usr/bin" "$work/tree/var/lib"
-printf 'NAME="veritysnap example"\n' >"$work/tree/etc/os-release"
-printf '#!/bin/sh\necho hello from a verity-protected layer\n' >"$work/tree/usr/bin/hello"
-chmod 755 "$work/tree/usr/bin/hello"
-ln -s ../usr/bin/hello "$work/tree/etc/hello-link"
-ln "$work/tree/etc/os-release" "$work/tree/etc/os-release.copy"
-touch "$work/tree/var/lib/.wh.removed-by-this-layer"
-tar --numeric-owner --owner=0 --group=0 --mtime=@1700000000 --sort=name -C "$work/tree" -cf - . |
-    gzip -n >"$work/layer.tar.gz"
+echo "== building an example image (4 layers: busybox, whiteouts, opaque dirs, hardlinks, xattrs)"
+python3 "$top/tests/e2e/make_image.py" "$work/image.tar" example.local/veritysnap/demo:1 \
+    --busybox /bin/busybox >"$work/image.json"
 
-echo "== veritysnap convert (erofs + dm-verity)"
-"$vs" convert -o "$work/layer.erofs" "$work/layer.tar.gz" | tee "$work/convert.json"
-root=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["root_hash"])' "$work/convert.json")
-offset=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["hash_offset"])' "$work/convert.json")
+echo "== starting veritysnapd and containerd"
+# This example runs anywhere, including kernels without device-mapper; production nodes keep verity = "require".
+"$vsd" --root "$work/veritysnap" --address "$work/veritysnap.sock" --verity auto 2>"$work/veritysnapd.log" &
+daemon_pid=$!
+cat >"$work/containerd.toml" <<EOF
+version = 2
+root = "$work/containerd-root"
+state = "$work/containerd-state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$work/containerd.sock"
+[ttrpc]
+  address = "$work/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$work/opt"
 
-echo "== veritysetup verify (cryptsetup checks our tree)"
-veritysetup verify --hash-offset="$offset" "$work/layer.erofs" "$work/layer.erofs" "$root" && echo "verified: $root"
+[proxy_plugins.veritysnap]
+  type = "snapshot"
+  address = "$work/veritysnap.sock"
+EOF
+containerd --config "$work/containerd.toml" >"$work/containerd.log" 2>&1 &
+containerd_pid=$!
+for _ in $(seq 100); do
+    [ -S "$work/containerd.sock" ] && [ -S "$work/veritysnap.sock" ] && ctr version >/dev/null 2>&1 && break
+    sleep 0.1
+done
 
-echo "== veritysnap verify"
-"$vs" verify "$work/layer.erofs" >/dev/null && echo "verified every block"
+echo "== ctr images import --snapshotter veritysnap"
+ctr images import --snapshotter veritysnap "$work/image.tar"
 
-echo "== the kernel mounts it"
-mkdir "$work/mnt"
-mount -t erofs -o loop,ro "$work/layer.erofs" "$work/mnt"
-ls -lR "$work/mnt"
-"$work/mnt/usr/bin/hello" || true
-umount "$work/mnt"
+echo "== ctr run --snapshotter veritysnap (runc)"
+ctr run --rm --snapshotter veritysnap example.local/veritysnap/demo:1 demo \
+    /bin/busybox sh -c 'echo "hello from a container on verity-protected layers"; ls /; cat /etc/os-release 2>/dev/null | head -3'
 
-echo "== the same layer in the tarfs format (AKS Kata guests)"
-"$vs" convert --format tarfs -o "$work/layer.tarfs" "$work/layer.tar.gz" |
-    python3 -c 'import json,sys; j=json.load(sys.stdin); print("tarfs root hash:", j["root_hash"])'
-"$vs" verify "$work/layer.tarfs" >/dev/null && echo "tarfs layer verified"
+echo "== each layer's dm-verity root hash (label containerd.io/snapshot/veritysnap.root-hash)"
+ctr snapshots --snapshotter veritysnap ls | awk 'NR > 1 && $NF == "Committed" {print $1}' | while read -r key; do
+    ctr snapshots --snapshotter veritysnap info "$key" | python3 -c '
+import json, sys
+info = json.load(sys.stdin)
+print(info["Name"], "root-hash", info.get("Labels", {}).get("containerd.io/snapshot/veritysnap.root-hash"))'
+done
+echo "== done: everything under $work is removed on exit"
