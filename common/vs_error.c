@@ -64,7 +64,7 @@ void vs_hex_encode(const uint8_t *in, size_t len, char *out)
     out[2 * len] = '\0';
 }
 
-static int hex_value(char c)
+int vs_hex_digit(char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -81,7 +81,7 @@ int vs_hex_decode(const char *hex, uint8_t *out, size_t cap)
     if (len % 2 || len / 2 > cap)
         return -1;
     for (size_t i = 0; i < len / 2; i++) {
-        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+        int hi = vs_hex_digit(hex[2 * i]), lo = vs_hex_digit(hex[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return -1;
         out[i] = (uint8_t)(hi << 4 | lo);

@@ -28,6 +28,9 @@ void vs_error_clear(struct vs_error *err);
 /* True when code means the input itself is bad (exit code 1 in the tools, INVALID_ARGUMENT on the wire). */
 int vs_error_is_bad_input(int code);
 
+/* The value of one hex digit (any case), or -1. */
+int vs_hex_digit(char c);
+
 /* Lower-case hex of len bytes into out (2*len+1 bytes). */
 void vs_hex_encode(const uint8_t *in, size_t len, char *out);
 

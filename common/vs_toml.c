@@ -506,17 +506,6 @@ static int end_line(struct parser *ps, const char *after)
     return 0;
 }
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static int put_utf8(struct strbuf *sb, uint32_t cp)
 {
     unsigned char out[4];
@@ -572,7 +561,7 @@ static int parse_escape(struct parser *ps, struct strbuf *sb)
         int digits = c == 'u' ? 4 : 8;
         uint32_t cp = 0;
         for (int i = 0; i < digits; i++) {
-            int d = ps->p < ps->end ? hex_digit(*ps->p) : -1;
+            int d = ps->p < ps->end ? vs_hex_digit(*ps->p) : -1;
             if (d < 0)
                 return fail_at(ps, backslash, "\\%c escape needs %d hexadecimal digits", c, digits);
             cp = cp << 4 | (uint32_t)d;

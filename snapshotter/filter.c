@@ -87,17 +87,6 @@ static size_t put_utf8(char *out, unsigned long cp)
     return 4;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* A quoted string at p->pos (Go escapes; the quote character escapes itself) into a new string. */
 static int parse_quoted(struct parser *p, bool allow_alt, char **out)
 {
@@ -152,7 +141,7 @@ static int parse_quoted(struct parser *p, bool allow_alt, char **out)
         if (digits) {
             unsigned long v = 0;
             for (int i = 0; i < digits; i++) {
-                int d = hexval(p->in[p->pos]);
+                int d = vs_hex_digit(p->in[p->pos]);
                 if (d < 0 || d >= base) {
                     free(buf);
                     return perr(p, "bad escape digits in quoted string");

@@ -83,16 +83,13 @@ int cmd_inspect(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *path = argv[optind];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return tool_usage_error("cannot open '%s': %s", path, strerror(errno));
-    struct vs_error err = {0};
+    int fd;
     struct layer_probe p;
-    int rc = layer_probe(fd, path, &p, &err);
-    if (rc < 0) {
-        close(fd);
-        return tool_fail(&err);
-    }
+    int code = layer_probe_open(path, &fd, &p);
+    if (code != EXIT_OK)
+        return code;
+    struct vs_error err = {0};
+    int rc = 0;
     json_t *j = json_object();
     json_object_set_new(j, "file", json_string(path));
     json_object_set_new(j, "format", json_string(tarfs_format_name(p.format)));
@@ -114,22 +111,8 @@ int cmd_inspect(int argc, char **argv)
         json_object_set_new(j, "erofs", e);
     }
     if (p.has_verity) {
-        const struct verity_layout *l = &p.layout;
-        char hex[2 * VERITY_MAX_SALT + 1];
         json_t *v = json_object();
-        if (p.root_known) {
-            vs_hex_encode(l->root_hash, l->digest_size, hex);
-            json_object_set_new(v, "root_hash", json_string(hex));
-        }
-        vs_hex_encode(l->params.salt, l->params.salt_size, hex);
-        json_object_set_new(v, "salt", json_string(hex));
-        json_object_set_new(v, "hash_algorithm", json_string(l->params.hash_algorithm));
-        json_object_set_new(v, "data_block_size", json_integer(l->params.data_block_size));
-        json_object_set_new(v, "hash_block_size", json_integer(l->params.hash_block_size));
-        json_object_set_new(v, "data_blocks", json_integer((json_int_t)l->data_blocks));
-        json_object_set_new(v, "hash_offset", json_integer((json_int_t)l->hash_offset));
-        json_object_set_new(v, "superblock", json_boolean(l->params.superblock));
-        json_object_set_new(v, "verity_format", json_integer(l->params.format));
+        tool_verity_json(v, &p.layout, p.root_known);
         json_object_set_new(v, "source", json_string(p.from_sidecar ? "sidecar"
                                                      : p.format == TARFS_FORMAT_TARFS ? "tardev-trailer"
                                                                                       : "superblock"));

@@ -63,12 +63,13 @@ int cmd_verify(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *path = argv[optind];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return tool_usage_error("cannot open '%s': %s", path, strerror(errno));
-    struct vs_error err = {0};
+    int fd;
     struct layer_probe p;
-    int rc = layer_probe(fd, path, &p, &err);
+    int code = layer_probe_open(path, &fd, &p);
+    if (code != EXIT_OK)
+        return code;
+    struct vs_error err = {0};
+    int rc = 0;
     if (rc == 0 && explicit_params) {
         /* A tree written without a superblock: the flags say what the file cannot. */
         struct verity_layout l = {0};

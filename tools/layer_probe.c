@@ -1,6 +1,8 @@
 #include "layer_probe.h"
+#include "tool.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -44,4 +46,18 @@ int layer_probe(int fd, const char *path, struct layer_probe *p, struct vs_error
         return 0;
     }
     return vs_fail(err, -EBADMSG, "'%s' is neither an EROFS layer file nor a tarfs (tardev) layer file", path);
+}
+
+int layer_probe_open(const char *path, int *fd, struct layer_probe *p)
+{
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0)
+        return tool_usage_error("cannot open '%s': %s", path, strerror(errno));
+    struct vs_error err = {0};
+    if (layer_probe(*fd, path, p, &err) < 0) {
+        close(*fd);
+        *fd = -1;
+        return tool_fail(&err);
+    }
+    return EXIT_OK;
 }

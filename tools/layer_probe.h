@@ -19,4 +19,7 @@ struct layer_probe {
  * tardev trailer at the end. */
 int layer_probe(int fd, const char *path, struct layer_probe *p, struct vs_error *err);
 
+/* Opens path read-only and probes it; on failure prints the error and returns the exit code (fd closed). */
+int layer_probe_open(const char *path, int *fd, struct layer_probe *p);
+
 #endif

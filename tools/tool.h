@@ -32,6 +32,9 @@ int tool_parse_layer_option(int opt, const char *arg, struct layer_file_options 
 /* The JSON object describing a built layer file (path may be NULL for roothash). */
 json_t *tool_layer_json(const struct layer_file_result *r, const char *path);
 
+/* Adds the verity keys of a layout (root_hash only when with_root) to the JSON object j. */
+void tool_verity_json(json_t *j, const struct verity_layout *l, bool with_root);
+
 /* Prints JSON to stdout with a newline. */
 void tool_print_json(json_t *j);
 

@@ -104,9 +104,23 @@ json_t *tool_layer_json(const struct layer_file_result *r, const char *path)
     if (!r->verity)
         return j;
     const struct verity_layout *l = &r->layout;
-    char hex[2 * VERITY_MAX_SALT + 1], line[2048];
-    vs_hex_encode(l->root_hash, l->digest_size, hex);
-    json_object_set_new(j, "root_hash", json_string(hex));
+    char line[2048];
+    tool_verity_json(j, l, true);
+    json_object_set_new(j, "hash_start_block", json_integer((json_int_t)l->hash_start_block));
+    if (verity_veritysetup_command(l, path ? path : "LAYER", line, sizeof(line)) == 0)
+        json_object_set_new(j, "veritysetup_verify", json_string(line));
+    if (verity_table_line(l, "/dev/DEVICE", line, sizeof(line)) == 0)
+        json_object_set_new(j, "table", json_string(line));
+    return j;
+}
+
+void tool_verity_json(json_t *j, const struct verity_layout *l, bool with_root)
+{
+    char hex[2 * VERITY_MAX_SALT + 1];
+    if (with_root) {
+        vs_hex_encode(l->root_hash, l->digest_size, hex);
+        json_object_set_new(j, "root_hash", json_string(hex));
+    }
     vs_hex_encode(l->params.salt, l->params.salt_size, hex);
     json_object_set_new(j, "salt", json_string(hex));
     json_object_set_new(j, "hash_algorithm", json_string(l->params.hash_algorithm));
@@ -114,14 +128,8 @@ json_t *tool_layer_json(const struct layer_file_result *r, const char *path)
     json_object_set_new(j, "hash_block_size", json_integer(l->params.hash_block_size));
     json_object_set_new(j, "data_blocks", json_integer((json_int_t)l->data_blocks));
     json_object_set_new(j, "hash_offset", json_integer((json_int_t)l->hash_offset));
-    json_object_set_new(j, "hash_start_block", json_integer((json_int_t)l->hash_start_block));
     json_object_set_new(j, "superblock", json_boolean(l->params.superblock));
     json_object_set_new(j, "verity_format", json_integer(l->params.format));
-    if (verity_veritysetup_command(l, path ? path : "LAYER", line, sizeof(line)) == 0)
-        json_object_set_new(j, "veritysetup_verify", json_string(line));
-    if (verity_table_line(l, "/dev/DEVICE", line, sizeof(line)) == 0)
-        json_object_set_new(j, "table", json_string(line));
-    return j;
 }
 
 void tool_print_json(json_t *j)
