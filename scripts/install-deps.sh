@@ -10,6 +10,8 @@ packages=(
   libgrpc-dev protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev protobuf-compiler
   erofs-utils cryptsetup-bin isal zstd gzip tar python3 hyperfine util-linux kmod time
   containerd runc golang-go golang-github-containerd-containerd-dev busybox-static
+  libcurl4-openssl-dev docker-registry skopeo apache2-utils openssl
+  qemu-system-x86 cpio xz-utils
 )
 missing=()
 for p in "${packages[@]}"; do
