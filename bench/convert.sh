@@ -3,11 +3,11 @@
 # peak RSS, and compares image sizes with mkfs.erofs on the extracted tree; prints a markdown report for
 # docs/performance.md.
 # Usage: bench/convert.sh [BUILD_DIR]          (default <repo>/build; the veritysnap target is built if missing)
-# Env:   VERITYSNAP_CORPUS  corpus dir (default /var/tmp/veritysnap-corpus; made by /work/shared/bench/make-corpus.sh)
+# Env:   VERITYSNAP_CORPUS  corpus dir (default /var/tmp/veritysnap-corpus; made by ../shared/bench/make-corpus.sh)
 #        BENCH_OUT          where JSON and the report go (default BUILD_DIR/bench)
 #        RUNS               hyperfine runs per command (default 5, after 1 warm-up)
 #        LAYERS             layer files in the corpus (default "debian.tar.gz debian.tar.zst npm.tar.gz")
-#        ANCHORS            anchors script (default /work/shared/bench/anchors.sh)
+#        ANCHORS            anchors script (default ../shared/bench/anchors.sh next to the repository)
 # Needs hyperfine, /usr/bin/time (package `time`), mkfs.erofs, veritysetup, igzip, zstd (scripts/install-deps.sh).
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,14 +16,14 @@ bin=$build/bin/veritysnap
 corpus=${VERITYSNAP_CORPUS:-/var/tmp/veritysnap-corpus}
 out=${BENCH_OUT:-$build/bench}
 runs=${RUNS:-5}
-anchors=${ANCHORS:-/work/shared/bench/anchors.sh}
+anchors=${ANCHORS:-$top/../shared/bench/anchors.sh}
 read -r -a layers <<<"${LAYERS:-debian.tar.gz debian.tar.zst npm.tar.gz}"
 
 for tool in hyperfine /usr/bin/time mkfs.erofs veritysetup igzip zstd python3; do
   command -v "$tool" >/dev/null || { echo "convert.sh: $tool missing (run scripts/install-deps.sh)" >&2; exit 2; }
 done
 [ -x "$bin" ] || cmake --build "$build" --target veritysnap
-/work/shared/bench/make-corpus.sh "$corpus" >/dev/null   # reuses the layers that already exist
+"$top/../shared/bench/make-corpus.sh" "$corpus" >/dev/null   # reuses the layers that already exist
 mkdir -p "$out"
 scratch=$(mktemp -d /var/tmp/vs-bench.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT

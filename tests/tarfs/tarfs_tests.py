@@ -285,7 +285,7 @@ def mode_corpus(bin_, work, names, fails):
         layer = next((os.path.join(base, f"{name}.{ext}") for ext in ("tar.gz", "tar.zst", "tar")
                       if os.path.exists(os.path.join(base, f"{name}.{ext}"))), None)
         if layer is None:
-            print(f"corpus layer {name} not in {base} (make it with /work/shared/bench/make-corpus.sh)")
+            print(f"corpus layer {name} not in {base} (make it with ../shared/bench/make-corpus.sh)")
             continue
         if mount_skip():
             return SKIP
