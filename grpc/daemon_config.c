@@ -39,9 +39,14 @@ static const char default_text[] =
     "# The socket is created with mode 0660, owned by root and by group (a name or a numeric id; \"\" keeps "
     "root's\n"
     "# group); its directory is created with mode 0711.\n"
+    "# dialect: the mounts returned for container root filesystems: \"host\" (runc; plugin key veritysnap),\n"
+    "# \"kata-erofs\" (Kata runtime-rs with containerd 2.2+; veritysnap-kata, /run/veritysnap/kata-erofs.sock) or\n"
+    "# \"kata-tardev\" (AKS's Kata; veritysnap-tardev, /run/veritysnap/kata-tardev.sock). All sockets share one\n"
+    "# store; layer unpacking always gets host mounts. See docs/kata.md.\n"
     "[[listen]]\n"
     "address = \"" VS_DEFAULT_SOCKET "\"\n"
-    "group = \"\"\n";
+    "group = \"\"\n"
+    "dialect = \"host\"\n";
 
 const char *vs_daemon_config_default_text(void)
 {
@@ -146,12 +151,19 @@ static int check_absolute(const struct vs_toml_table *t, const char *key, const 
 
 static int load_listen(const struct vs_toml_table *t, struct vs_daemon_listen *l, struct vs_error *err)
 {
-    static const char *const allowed[] = {"address", "group", NULL};
+    static const char *const allowed[] = {"address", "group", "dialect", NULL};
     int r = vs_toml_unknown_keys(t, allowed, err);
     if (r < 0)
         return r;
     if ((r = get_string(t, "address", &l->address, err)) < 0)
         return r;
+    /* dialect: the mounts this socket returns for container root filesystems (docs/kata.md) */
+    enum snapshot_dialect dialect;
+    if ((r = get_string(t, "dialect", &l->dialect, err)) < 0)
+        return r;
+    if (snapshot_dialect_parse(l->dialect, &dialect) < 0)
+        return vs_toml_fail(t, "dialect", err, -EINVAL,
+                            "dialect must be \"host\", \"kata-erofs\" or \"kata-tardev\", not \"%s\"", l->dialect);
     const char *path = l->address;
     if (strncmp(path, "unix://", 7) == 0)
         path += 7;

@@ -58,6 +58,7 @@ struct vs_grpc_server {
     size_t worker_count;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     char dialect[32];
+    enum snapshot_dialect dialect_id; /* travels with every call (struct snapshot_call) */
     char group[64];
     int lock_fd;
     dev_t sock_dev;
@@ -220,6 +221,7 @@ static void serve_call(struct vs_grpc_server *srv, struct request_slot *slot)
             struct snapshot_call call = {
                 .namespace_name = ns,
                 .rpc = wire_method_names[slot->method],
+                .dialect = srv->dialect_id,
             };
             wire_dispatch((enum wire_method)slot->method, srv->snap, &call, GRPC_SLICE_START_PTR(data),
                           GRPC_SLICE_LENGTH(data), &reply);
@@ -448,6 +450,11 @@ int vs_grpc_server_new(const struct vs_grpc_listen *listen, struct vs_grpc_serve
     pthread_mutex_init(&srv->post_lock, NULL);
     snprintf(srv->dialect, sizeof(srv->dialect), "%s",
              listen->dialect && listen->dialect[0] ? listen->dialect : "host");
+    if (snapshot_dialect_parse(srv->dialect, &srv->dialect_id) < 0) {
+        server_free(srv);
+        return vs_fail(err, -EINVAL, "listen address %s: unknown dialect \"%s\" (host, kata-erofs or kata-tardev)",
+                       path, listen->dialect);
+    }
     snprintf(srv->group, sizeof(srv->group), "%s",
              listen->group && listen->group[0] ? listen->group : "root");
     if (strlen(path) >= sizeof(srv->path)) {

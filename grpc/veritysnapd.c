@@ -15,6 +15,7 @@
 
 #include "common/vs_error.h"
 #include "common/vs_log.h"
+#include "grpc/containerd_client.h"
 #include "grpc/vs_grpc.h"
 #include "snapshotter/snapshotter.h"
 
@@ -32,6 +33,8 @@ static void usage(FILE *out)
             "  --root DIR             state root (default " VS_DEFAULT_ROOT ")\n"
             "  --address SOCK         serve one socket at SOCK instead of the configured [[listen]] tables\n"
             "  --verity MODE          require, auto or off: dm-verity on host mounts (default require)\n"
+            "  --containerd-address SOCK  containerd's socket, to read layer blobs from its content store (default\n"
+            "                         " VS_DEFAULT_CONTAINERD_ADDRESS "; \"\" turns the blob path off)\n"
             "  --log-level LEVEL      debug, info, warn or error (default info)\n"
             "  --print-default-config print the commented default configuration and exit\n"
             "  --version              print the version and exit\n"
@@ -43,7 +46,7 @@ static void usage(FILE *out)
 }
 
 struct flags {
-    const char *config, *root, *address, *verity, *log_level;
+    const char *config, *root, *address, *verity, *log_level, *containerd_address;
 };
 
 /* Returns -1 to exit 0 (help, version, default config), 0 to run, 2 on a usage error. */
@@ -55,6 +58,7 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         OPT_ADDRESS,
         OPT_VERITY,
         OPT_LOG_LEVEL,
+        OPT_CONTAINERD,
         OPT_PRINT,
         OPT_VERSION,
         OPT_HELP
@@ -65,6 +69,7 @@ static int parse_flags(int argc, char **argv, struct flags *f)
         {"address", required_argument, NULL, OPT_ADDRESS},
         {"verity", required_argument, NULL, OPT_VERITY},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"containerd-address", required_argument, NULL, OPT_CONTAINERD},
         {"print-default-config", no_argument, NULL, OPT_PRINT},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, OPT_HELP},
@@ -87,6 +92,9 @@ static int parse_flags(int argc, char **argv, struct flags *f)
             break;
         case OPT_LOG_LEVEL:
             f->log_level = optarg;
+            break;
+        case OPT_CONTAINERD:
+            f->containerd_address = optarg;
             break;
         case OPT_PRINT:
             fputs(vs_daemon_config_default_text(), stdout);
@@ -134,6 +142,13 @@ static int apply_flags(struct vs_daemon_config *config, const struct flags *f, s
             return vs_fail(err, -ENOMEM, "out of memory");
         free(config->log_level);
         config->log_level = copy;
+    }
+    if (f->containerd_address) {
+        char *copy = strdup(f->containerd_address);
+        if (!copy)
+            return vs_fail(err, -ENOMEM, "out of memory");
+        free(config->containerd_address);
+        config->containerd_address = copy;
     }
     if (f->address) {
         char *copy = strdup(f->address);
@@ -203,6 +218,9 @@ int main(int argc, char **argv)
     }
 
     struct snapshotter_config sc = {.root = config.root, .verity = config.verity};
+    /* The blob path reads layer blobs from containerd's content store (the channel connects lazily). */
+    struct cd_client *containerd = NULL;
+    struct snapshotter_content content;
     layer_file_options_default(&sc.layer);
     struct snapshotter *snap = NULL;
     struct vs_grpc_server **servers = calloc(config.listen_count, sizeof(*servers));
@@ -225,6 +243,15 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    if (config.containerd_address && config.containerd_address[0]) {
+        if (cd_client_new(config.containerd_address, &containerd, &err) < 0) {
+            vs_log(VS_LOG_ERROR, "containerd client", "address", config.containerd_address, "error", err.message,
+                   NULL);
+            goto out;
+        }
+        cd_client_content_source(containerd, &content);
+        sc.content = &content;
+    }
     if (snapshotter_open(&sc, &snap, &err) < 0) {
         vs_log(VS_LOG_ERROR, "cannot open the state root", "root", config.root, "error", err.message, NULL);
         goto out;
@@ -237,7 +264,8 @@ int main(int argc, char **argv)
         }
     }
     vs_log(VS_LOG_INFO, "veritysnapd started", "version", VS_VERSION, "root", config.root, "verity",
-           vs_daemon_verity_mode_name(config.verity), NULL);
+           vs_daemon_verity_mode_name(config.verity), "containerd_address",
+           config.containerd_address ? config.containerd_address : "", NULL);
     int sig = wait_for_signal(sfd);
     vs_log(VS_LOG_INFO, "stopping", "signal", sig > 0 ? strsignal(sig) : "error", NULL);
     status = 0;
@@ -247,6 +275,7 @@ out:
     free(servers);
     if (snap)
         snapshotter_close(snap);
+    cd_client_free(containerd);
     grpc_shutdown();
     close(sfd);
     if (status == 0)

@@ -29,6 +29,8 @@ struct snapshotter {
     struct host_layer *mounted;
     size_t mounted_count, mounted_cap;
     int commits_in_flight; /* conversions writing under tmp/: cleanup leaves tmp/ alone meanwhile */
+    struct blob_ingest *blob; /* the blob path (blob_ingest.c) */
+    char *tardev_prefix;   /* kata-tardev layer-src-prefix override, NULL: <root>/layers (dialect.c) */
 };
 
 /* One layer row, enough to mount it. */

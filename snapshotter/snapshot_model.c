@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "common/vs_digest.h"
+#include "snapshotter/blob_ingest.h"
+#include "snapshotter/dialect.h"
 #include "snapshotter/snapshot_internal.h"
 
 #define LABEL_MAX 4096
@@ -568,6 +570,9 @@ int snapshotter_open(const struct snapshotter_config *config, struct snapshotter
     s->verity = config->verity;
     s->layer = config->layer;
     s->force_loop = config->host_mount_loop;
+    if (rc == 0 && config->tardev_layer_prefix && config->tardev_layer_prefix[0] &&
+        !(s->tardev_prefix = strdup(config->tardev_layer_prefix)))
+        rc = vs_fail(err, -ENOMEM, "out of memory");
     s->index_off = access("/sys/module/overlay/parameters/index", F_OK) == 0;
     uint8_t h[VS_SHA256_LEN];
     vs_sha256(s->root, strlen(s->root), h);
@@ -581,6 +586,8 @@ int snapshotter_open(const struct snapshotter_config *config, struct snapshotter
         snprintf(path, sizeof(path), "%s/%s", s->root, subdirs[i]);
         rc = make_dir(path, 0700, err);
     }
+    if (rc == 0)
+        rc = blob_ingest_new(config->content, &s->blob, err);
     if (rc == 0)
         rc = store_open(s, err);
     if (rc == 0)
@@ -606,15 +613,17 @@ void snapshotter_close(struct snapshotter *s)
     store_close(s);
     pthread_mutex_destroy(&s->lock);
     free(s->mounted);
+    blob_ingest_free(s->blob);
+    free(s->tardev_prefix);
     free(s->root);
     free(s);
 }
 
 /* ---- Prepare / View / Mounts ---- */
 
-static int create_snapshot(struct snapshotter *s, int kind, const char *key, const char *parent,
-                           const struct snapshot_label *labels, size_t label_count, struct snapshot_mounts *out,
-                           struct vs_error *err)
+static int create_snapshot(struct snapshotter *s, enum snapshot_dialect dialect, int kind, const char *key,
+                           const char *parent, const struct snapshot_label *labels, size_t label_count,
+                           struct snapshot_mounts *out, struct vs_error *err)
 {
     memset(out, 0, sizeof(*out));
     if (!key || !key[0])
@@ -683,7 +692,9 @@ static int create_snapshot(struct snapshotter *s, int kind, const char *key, con
         if (rc < 0)
             vs_error_prefix(err, "snapshot '%s'", key);
     }
-    if (rc == 0)
+    if (rc == 0 && dialect_shapes(dialect, key)) /* Kata dialects: container rootfs only (dialect.c) */
+        rc = dialect_build_mounts(s, dialect, row.id, row.kind, row.parent_id, key, out, err);
+    else if (rc == 0)
         rc = build_mounts(s, &row, out, err);
     if (rc == 0)
         rc = store_exec(s, "COMMIT", "committing", err);
@@ -703,16 +714,21 @@ int snapshotter_prepare(struct snapshotter *s, const struct snapshot_call *call,
                         const struct snapshot_label *labels, size_t label_count, struct snapshot_mounts *out,
                         struct vs_error *err)
 {
-    (void)call;
-    return create_snapshot(s, SNAPSHOT_KIND_ACTIVE, key, parent, labels, label_count, out, err);
+    memset(out, 0, sizeof(*out));
+    /* The blob path converts and commits the layer now and answers -EEXIST; 1: it does not apply. */
+    int rc = blob_ingest_prepare(s, call, key, parent, labels, label_count, err);
+    if (rc != 1)
+        return rc;
+    return create_snapshot(s, call ? call->dialect : SNAPSHOT_DIALECT_HOST, SNAPSHOT_KIND_ACTIVE, key, parent,
+                           labels, label_count, out, err);
 }
 
 int snapshotter_view(struct snapshotter *s, const struct snapshot_call *call, const char *key, const char *parent,
                      const struct snapshot_label *labels, size_t label_count, struct snapshot_mounts *out,
                      struct vs_error *err)
 {
-    (void)call;
-    return create_snapshot(s, SNAPSHOT_KIND_VIEW, key, parent, labels, label_count, out, err);
+    return create_snapshot(s, call ? call->dialect : SNAPSHOT_DIALECT_HOST, SNAPSHOT_KIND_VIEW, key, parent,
+                           labels, label_count, out, err);
 }
 
 int snapshotter_mounts(struct snapshotter *s, const struct snapshot_call *call, const char *key,
@@ -725,7 +741,9 @@ int snapshotter_mounts(struct snapshotter *s, const struct snapshot_call *call, 
     int rc = get_row(s, key ? key : "", &row, err);
     if (rc == 0 && row.kind == SNAPSHOT_KIND_COMMITTED)
         rc = vs_fail(err, -EBUSY, "snapshot '%s' is committed: only active and view snapshots have mounts", key);
-    if (rc == 0)
+    if (rc == 0 && call && dialect_shapes(call->dialect, row.key))
+        rc = dialect_build_mounts(s, call->dialect, row.id, row.kind, row.parent_id, row.key, out, err);
+    else if (rc == 0)
         rc = build_mounts(s, &row, out, err);
     pthread_mutex_unlock(&s->lock);
     snap_row_free(&row);
@@ -772,14 +790,20 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     struct layer_file_options opts = s->layer;
     opts.tarfs.format = TARFS_FORMAT_EROFS; /* the directory source builds EROFS only */
     opts.sidecar = true;
+    struct blob_commit_source blob_src = {0};
     if (!mkdtemp(tmpdir)) {
         rc = vs_fail(err, -errno, "commit of snapshot '%s': creating '%s': %s", key, tmpdir, strerror(errno));
         tmpdir[0] = '\0';
     } else {
         snprintf(tmpfile, sizeof(tmpfile), "%s/layer", tmpdir);
-        rc = layer_file_build_dir(upper, tmpfile, &opts, &res, err);
-        if (rc < 0)
-            vs_error_prefix(err, "commit of snapshot '%s' as '%s': converting %s", key, name, upper);
+        /* Prepared with the layer digest label and the blob fetched since: the reproducible blob source. */
+        rc = blob_ingest_commit(s, key, name, row.id, row.parent_id, labels, label_count, tmpfile, &opts, &res,
+                                &blob_src, err);
+        if (rc == 1) {
+            rc = layer_file_build_dir(upper, tmpfile, &opts, &res, err);
+            if (rc < 0)
+                vs_error_prefix(err, "commit of snapshot '%s' as '%s': converting %s", key, name, upper);
+        }
     }
     char digest_hex[2 * VS_SHA256_LEN + 1], root_hex[2 * VERITY_MAX_DIGEST + 1] = "";
     vs_hex_encode(res.image.diff_id, VS_SHA256_LEN, digest_hex);
@@ -849,10 +873,10 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
         rc = put_label(s, row.id, name, SNAPSHOT_LABEL_ROOT_HASH, root_hex, err);
     if (rc == 0)
         rc = store_prepare(s, &st,
-                           "INSERT INTO layers (snapshot_id, path, format, source, source_digest, verity, "
+                           "INSERT INTO layers (snapshot_id, path, format, source_digest, verity, "
                            "hash_algorithm, data_block_size, hash_block_size, salt, verity_format, superblock, "
-                           "data_blocks, hash_offset, root_hash, image_size, file_size, inodes) VALUES "
-                           "(?, ?, 'erofs', 'directory', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           "data_blocks, hash_offset, root_hash, image_size, file_size, inodes, source, blob_digest, "
+                           "diff_id) VALUES (?, ?, 'erofs', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            err);
     if (rc == 0) {
         char digest[80], salt[2 * VERITY_MAX_SALT + 1] = "";
@@ -877,6 +901,11 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
         sqlite3_bind_int64(st, 14, (sqlite3_int64)res.image.image_size);
         sqlite3_bind_int64(st, 15, (sqlite3_int64)res.file_size);
         sqlite3_bind_int64(st, 16, (sqlite3_int64)res.image.entries);
+        sqlite3_bind_text(st, 17, blob_src.blob ? "blob" : "directory", -1, SQLITE_STATIC);
+        if (blob_src.blob) {
+            sqlite3_bind_text(st, 18, blob_src.blob_digest, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 19, blob_src.diff_id, -1, SQLITE_STATIC);
+        }
         if (sqlite3_step(st) != SQLITE_DONE)
             rc = store_fail(s, err, "commit of snapshot '%s': recording layer %s", key, rel);
     }
@@ -897,6 +926,7 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     if (tmpdir[0])
         snap_remove_tree(tmpdir, NULL);
     if (rc == 0) {
+        blob_ingest_count(s, blob_src.blob, name, root_hex);
         char dir[PATH_MAX];
         snap_dir(s, row.id, NULL, dir, sizeof(dir));
         struct vs_error e = {0};
@@ -1194,7 +1224,7 @@ int snapshotter_usage(struct snapshotter *s, const struct snapshot_call *call, c
     int rc = get_row(s, key ? key : "", &row, err);
     if (rc == 0 && row.kind == SNAPSHOT_KIND_COMMITTED) {
         sqlite3_stmt *st;
-        rc = store_prepare(s, &st, "SELECT file_size, inodes FROM layers WHERE snapshot_id = ?", err);
+        rc = store_prepare(s, &st, "SELECT file_size, inodes FROM layers WHERE snapshot_id = ? AND format = 'erofs'", err);
         if (rc == 0) {
             sqlite3_bind_int64(st, 1, row.id);
             int step = sqlite3_step(st);

@@ -52,15 +52,33 @@ enum snapshotter_verity_mode {
     SNAPSHOTTER_VERITY_OFF,
 };
 
+/* Where the blob path reads layer blobs: containerd's content store, reached by the wire (grpc/). ns is the
+ * containerd namespace (through containerd 1.6 only the backend key's prefix carries it, see blob_ingest.c). */
+struct snapshotter_content {
+    void *ctx;
+    /* 0 and the blob's size when it is in ns's content store, -ENOENT when it is not, other codes on failure. */
+    int (*info)(void *ctx, const char *ns, const char *digest, int64_t *size, struct vs_error *err);
+    /* Starts reading the whole blob: *fd yields its bytes until EOF; end it with close (which closes the fd). */
+    int (*open)(void *ctx, const char *ns, const char *digest, int64_t size, int *fd, void **stream,
+                struct vs_error *err);
+    /* Ends a read (drain: the consumer succeeded, read and check the rest); returns the read's outcome. */
+    int (*close)(void *ctx, void *stream, bool drain, struct vs_error *err);
+};
+
 struct snapshotter_config {
     const char *root;                  /* state root, default /var/lib/veritysnap */
     enum snapshotter_verity_mode verity;
     struct layer_file_options layer;   /* how Commit converts */
     bool host_mount_loop;              /* mount layers through loop devices even where EROFS mounts files (tests) */
+    const char *tardev_layer_prefix;   /* kata-tardev layer-src-prefix; NULL or "": <root>/layers (docs/kata.md) */
+    const struct snapshotter_content *content; /* the blob path's source; NULL: directory path only */
 };
 
 /* Label Commit sets on a committed snapshot: the hex root hash of its layer's dm-verity tree. */
 #define SNAPSHOT_LABEL_ROOT_HASH "containerd.io/snapshot/veritysnap.root-hash"
+/* Labels that select the blob path: the layer's chain ID (containerd's unpacker) and its blob digest (CRI, pull). */
+#define SNAPSHOT_LABEL_REF "containerd.io/snapshot.ref"
+#define SNAPSHOT_LABEL_LAYER_DIGEST "containerd.io/snapshot/cri.layer-digest"
 
 
 struct snapshot_label {
@@ -90,10 +108,25 @@ struct snapshot_mounts {
     size_t count;
 };
 
-/* The caller of one request: containerd's namespace (may be empty: the garbage collector sends none). */
+/* Mount dialects (docs/kata.md, docs/formats.md "Kata dialects"): chosen per listening socket, all over one store.
+ * Snapshots that containerd prepares to unpack a layer (a key component starting with "extract-") always get host
+ * mounts; the dialect shapes the mounts of container root filesystems (Prepare/View/Mounts of other keys). */
+enum snapshot_dialect {
+    SNAPSHOT_DIALECT_HOST = 0,    /* loop (+dm-verity) + overlay on the host: runc, containerd's test suite */
+    SNAPSHOT_DIALECT_KATA_EROFS,  /* containerd 2.2+ EROFS snapshotter's mounts, for Kata runtime-rs */
+    SNAPSHOT_DIALECT_KATA_TARDEV, /* fuse3.kata-overlay with tarfs layers, for AKS's Kata (tardev-snapshotter's) */
+};
+
+/* "host", "kata-erofs", "kata-tardev" <-> the enum; parse returns -EINVAL for anything else. */
+int snapshot_dialect_parse(const char *text, enum snapshot_dialect *out);
+const char *snapshot_dialect_name(enum snapshot_dialect dialect);
+
+/* The caller of one request: containerd's namespace (may be empty: the garbage collector sends none), and the
+ * dialect of the socket it came in on (zero: host). */
 struct snapshot_call {
     const char *namespace_name;
     const char *rpc;
+    enum snapshot_dialect dialect;
 };
 
 struct snapshotter;
@@ -128,6 +161,27 @@ int snapshotter_walk(struct snapshotter *s, const struct snapshot_call *call, co
 int snapshotter_usage(struct snapshotter *s, const struct snapshot_call *call, const char *key, int64_t *size,
                       int64_t *inodes, struct vs_error *err);
 int snapshotter_cleanup(struct snapshotter *s, const struct snapshot_call *call, struct vs_error *err);
+
+/* ---- Layers in other formats (the kata-tardev dialect) ----
+ * A layer is converted once per (format, verity parameters): the layers table holds at most one row per
+ * (snapshot, format). The erofs row is what Commit writes (and what host and kata-erofs mounts use); a tarfs row
+ * exists only when someone asked for it with the function below, because tarfs needs the original tar (it cannot
+ * be built from a directory).
+ *
+ * snapshotter_layer_add_tarfs: builds the tarfs form (original tar + tarfs index + dm-verity tree + tardev trailer,
+ * tardev's fixed verity parameters) of the committed snapshot `key` from its layer blob read from blob_fd (tar,
+ * tar+gzip or tar+zstd; read to the end), into <root>/layers/<h> with <h> = snapshot_tardev_layer_name(key), and
+ * records it (format 'tarfs', source 'blob', source_digest as given or the diff ID). For the blob path: call it
+ * after the Commit of the layer, with the same blob. The conversion runs without the store lock. Idempotent: 0 when
+ * the tarfs row of that snapshot already exists. -ENOENT no such snapshot, -EINVAL not committed, -EEXIST another
+ * snapshot already owns layers/<h> (the same chain ID in two namespaces: that file serves both), -EBADMSG bad input
+ * (the diff ID is checked against expected_diff_id when that is non-NULL: "sha256:<hex>"). */
+int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob_fd, const char *source_digest,
+                                const char *expected_diff_id, struct vs_error *err);
+
+/* tardev's layer file name for a snapshot key: hex sha256 of the key's last '/'-separated component (for a
+ * committed layer that is "sha256:<chainID hex>"). out holds 65 bytes. */
+void snapshot_tardev_layer_name(const char *key, char out[65]);
 
 void snapshot_info_free(struct snapshot_info *info);
 void snapshot_mounts_free(struct snapshot_mounts *mounts);

@@ -49,6 +49,39 @@ static const char *const migrations[] = {
     "  file_size INTEGER NOT NULL,"
     "  inodes INTEGER NOT NULL"
     ");",
+    /* 1 -> 2: a layer may exist in several formats (erofs from Commit, tarfs for the kata-tardev dialect from the
+     * blob path): one row per (snapshot, format) instead of one per snapshot. The verity parameters are fixed per
+     * format (tarfs: tardev's; erofs: the daemon's), so (snapshot, format) is the conversion's identity. */
+    "CREATE TABLE layers_v2 ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  snapshot_id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,"
+    "  path TEXT NOT NULL UNIQUE,"
+    "  format TEXT NOT NULL,"
+    "  source TEXT NOT NULL,"
+    "  source_digest TEXT NOT NULL,"
+    "  verity INTEGER NOT NULL,"
+    "  hash_algorithm TEXT,"
+    "  data_block_size INTEGER,"
+    "  hash_block_size INTEGER,"
+    "  salt TEXT,"
+    "  verity_format INTEGER,"
+    "  superblock INTEGER,"
+    "  data_blocks INTEGER,"
+    "  hash_offset INTEGER,"
+    "  root_hash TEXT,"
+    "  image_size INTEGER NOT NULL,"
+    "  file_size INTEGER NOT NULL,"
+    "  inodes INTEGER NOT NULL,"
+    "  UNIQUE (snapshot_id, format)"
+    ");"
+    "INSERT INTO layers_v2 SELECT * FROM layers;"
+    "DROP TABLE layers;"
+    "ALTER TABLE layers_v2 RENAME TO layers;",
+    /* 2 -> 3: where a layer came from. source is 'directory' (the active snapshot's upper dir at Commit) or 'blob'
+     * (the layer blob read from containerd's content store: reproducible, equal to `veritysnap convert`);
+     * blob_digest names that blob; diff_id is the sha256 of the uncompressed tar (blob source only). */
+    "ALTER TABLE layers ADD COLUMN blob_digest TEXT;"
+    "ALTER TABLE layers ADD COLUMN diff_id TEXT;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -193,7 +226,7 @@ int store_layer_by_snapshot(struct snapshotter *s, int64_t snapshot_id, struct l
                            "SELECT l.id, l.path, s.key, l.verity, l.hash_algorithm, l.data_block_size, "
                            "l.hash_block_size, l.salt, l.verity_format, l.superblock, l.data_blocks, l.hash_offset, "
                            "l.root_hash FROM layers l JOIN snapshots s ON s.id = l.snapshot_id "
-                           "WHERE l.snapshot_id = ?",
+                           "WHERE l.snapshot_id = ? AND l.format = 'erofs'",
                            err);
     if (rc < 0)
         return rc;

@@ -18,6 +18,7 @@ int cmd_convert(int argc, char **argv);
 int cmd_roothash(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_pull(int argc, char **argv); /* cmd_pull.c: pre-pull into containerd through the blob path */
 
 /* Prints "veritysnap: <message>" for err and returns the exit code its code means. */
 int tool_fail(const struct vs_error *err);

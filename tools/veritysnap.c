@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "image.h"
 #include "tool.h"
 
 static const char usage[] =
@@ -12,6 +13,8 @@ static const char usage[] =
     "  roothash  print the root hashes that convert would record, without writing files\n"
     "  verify    check every block of a layer file against its tree and root hash\n"
     "  inspect   describe a layer file (format, verity parameters, file tree)\n"
+    "  image     'image roothash': per-layer root hashes of a whole image (layout, archive, registry)\n"
+    "  pull      pre-pull an image into containerd, layers converted from their blobs by veritysnapd\n"
     "\n"
     "Run 'veritysnap <command> --help' for a command's options.\n"
     "Exit codes: 0 success, 1 bad input (or verification failure), 2 usage or I/O error.\n";
@@ -39,6 +42,8 @@ int main(int argc, char **argv)
         {"roothash", cmd_roothash},
         {"verify", cmd_verify},
         {"inspect", cmd_inspect},
+        {"image", cmd_image},
+        {"pull", cmd_pull},
     };
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (strcmp(cmd, commands[i].name) == 0)

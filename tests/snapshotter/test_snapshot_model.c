@@ -35,7 +35,7 @@ static int failures;
         }                                                                                                             \
     } while (0)
 
-static const struct snapshot_call call = {"test", "test"};
+static const struct snapshot_call call = {.namespace_name = "test", .rpc = "test"};
 static char base_dir[256];
 
 static bool has_fs(const char *name)

@@ -1,0 +1,624 @@
+/* The blob path: a layer converted in one pass from its blob in containerd's content store, so its root hash is
+ * the one `veritysnap convert` gives offline for the same blob.
+ *
+ * At Prepare, containerd's unpacker passes the labels containerd.io/snapshot.ref=<chain ID> and (CRI with snapshot
+ * annotations, `veritysnap pull`) containerd.io/snapshot/cri.layer-digest=<blob digest>. When the blob is already in
+ * the content store, the layer is converted from Content.Read, its diff ID checked against the chain ID
+ * (sha256(<parent chain ID> + " " + <diff ID>), the diff ID itself for a first layer), committed with the ref label
+ * and the backend parent containerd asked for, and Prepare answers ALREADY_EXISTS: containerd's metadata layer then
+ * walks us with labels."containerd.io/snapshot.ref"==<chain ID>,parent=="<backend parent>" and records the first
+ * committed match under the chain ID, skipping fetch and apply.
+ *
+ * Namespaces: through containerd 1.6 the proxy backend receives NO containerd-namespace metadata on Prepare (the
+ * metadata layer calls it without one); the namespace is only in the backend key, which the metadata layer builds
+ * as "<ns>/<sequence>/<key>". So the content store's namespace is parsed from the key, and the call's metadata
+ * is only a fallback for keys of another shape. */
+#include "snapshotter/blob_ingest.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/vs_digest.h"
+#include "common/vs_log.h"
+#include "snapshotter/snapshot_internal.h"
+
+/* A conversion in flight, identified by (chain ID, backend parent): what concurrent Prepares wait for. */
+struct blob_job {
+    char *id;
+    struct blob_job *next;
+};
+
+struct blob_ingest {
+    struct snapshotter_content content;
+    struct blob_job *jobs; /* under the snapshotter's lock */
+    pthread_cond_t done;   /* signalled (with the snapshotter's lock) when a job ends */
+    pthread_mutex_t count_lock;
+    uint64_t blob_conversions, directory_conversions;
+};
+
+int blob_ingest_new(const struct snapshotter_content *content, struct blob_ingest **out, struct vs_error *err)
+{
+    *out = NULL;
+    struct blob_ingest *b = calloc(1, sizeof(*b));
+    if (!b)
+        return vs_fail(err, -ENOMEM, "out of memory");
+    if (content)
+        b->content = *content;
+    pthread_cond_init(&b->done, NULL);
+    pthread_mutex_init(&b->count_lock, NULL);
+    *out = b;
+    return 0;
+}
+
+void blob_ingest_free(struct blob_ingest *b)
+{
+    if (!b)
+        return;
+    pthread_cond_destroy(&b->done);
+    pthread_mutex_destroy(&b->count_lock);
+    free(b);
+}
+
+void blob_ingest_count(struct snapshotter *s, bool blob, const char *key, const char *root_hash)
+{
+    struct blob_ingest *b = s->blob;
+    if (!b)
+        return;
+    pthread_mutex_lock(&b->count_lock);
+    if (blob)
+        b->blob_conversions++;
+    else
+        b->directory_conversions++;
+    char nb[32], nd[32];
+    snprintf(nb, sizeof(nb), "%llu", (unsigned long long)b->blob_conversions);
+    snprintf(nd, sizeof(nd), "%llu", (unsigned long long)b->directory_conversions);
+    pthread_mutex_unlock(&b->count_lock);
+    vs_log(VS_LOG_INFO, "layer converted", "source", blob ? "blob" : "directory", "key", key, "root_hash",
+           root_hash ? root_hash : "", "blob_conversions", nb, "directory_conversions", nd, NULL);
+}
+
+/* ---- helpers ---- */
+
+static const char *label_value(const struct snapshot_label *labels, size_t n, const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (labels[i].key && strcmp(labels[i].key, key) == 0)
+            return labels[i].value;
+    return NULL;
+}
+
+static bool is_sha256_digest(const char *d)
+{
+    if (!d || strncmp(d, "sha256:", 7) != 0 || strlen(d) != 71)
+        return false;
+    for (const char *p = d + 7; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return true;
+}
+
+/* "<ns>/<digits>/<rest>": the namespace and where <rest> starts; false for keys of another shape. */
+static bool split_backend_key(const char *key, char *ns, size_t ns_cap, const char **rest)
+{
+    const char *slash = strchr(key, '/');
+    if (!slash || slash == key || (size_t)(slash - key) >= ns_cap)
+        return false;
+    const char *p = slash + 1;
+    if (*p < '0' || *p > '9')
+        return false;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    if (*p != '/')
+        return false;
+    memcpy(ns, key, (size_t)(slash - key));
+    ns[slash - key] = '\0';
+    if (rest)
+        *rest = p + 1;
+    return true;
+}
+
+static void namespace_of(const struct snapshot_call *call, const char *key, char *ns, size_t cap)
+{
+    if (split_backend_key(key, ns, cap, NULL))
+        return;
+    snprintf(ns, cap, "%s", call && call->namespace_name ? call->namespace_name : "");
+}
+
+/* sha256(parent + " " + diff) as "sha256:<hex>"; the diff ID itself without a parent (OCI image spec). */
+static void chain_id_of(const char *parent_chain, const char *diff_id, char out[80])
+{
+    if (!parent_chain || !parent_chain[0]) {
+        snprintf(out, 80, "%s", diff_id);
+        return;
+    }
+    char buf[200];
+    int n = snprintf(buf, sizeof(buf), "%s %s", parent_chain, diff_id);
+    uint8_t h[VS_SHA256_LEN];
+    vs_sha256(buf, (size_t)n, h);
+    char hex[2 * VS_SHA256_LEN + 1];
+    vs_hex_encode(h, VS_SHA256_LEN, hex);
+    snprintf(out, 80, "sha256:%s", hex);
+}
+
+/* The chain ID of committed snapshot id: its ref label, else a "sha256:..." last component of its name (what
+ * containerd's Commit(name=<chain ID>) becomes in the backend: "<ns>/<seq>/<chain ID>"). Caller holds the lock. */
+static int chain_id_of_snapshot(struct snapshotter *s, int64_t id, char out[80], struct vs_error *err)
+{
+    out[0] = '\0';
+    sqlite3_stmt *st;
+    int rc = store_prepare(s, &st,
+                           "SELECT s.key, (SELECT value FROM labels WHERE snapshot_id = s.id AND key = ?) "
+                           "FROM snapshots s WHERE s.id = ?",
+                           err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, SNAPSHOT_LABEL_REF, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, id);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *ref = (const char *)sqlite3_column_text(st, 1);
+        const char *last = name ? strrchr(name, '/') : NULL;
+        last = last ? last + 1 : name;
+        if (ref && is_sha256_digest(ref))
+            snprintf(out, 80, "%s", ref);
+        else if (last && is_sha256_digest(last))
+            snprintf(out, 80, "%s", last);
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+/* A committed snapshot with ref label chain and parent `parent` ("" for none): its name into found (may be
+ * NULL). Caller holds the lock. */
+static int find_committed(struct snapshotter *s, const char *chain, const char *parent, bool *exists,
+                          struct vs_error *err)
+{
+    *exists = false;
+    sqlite3_stmt *st;
+    int rc = store_prepare(s, &st,
+                           "SELECT s.key FROM snapshots s JOIN labels l ON l.snapshot_id = s.id AND l.key = ? "
+                           "LEFT JOIN snapshots p ON p.id = s.parent_id "
+                           "WHERE s.kind = 3 AND l.value = ? AND COALESCE(p.key, '') = ? ORDER BY s.id LIMIT 1",
+                           err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, SNAPSHOT_LABEL_REF, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, chain, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, parent ? parent : "", -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    *exists = step == SQLITE_ROW;
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = store_fail(s, err, "looking for a committed snapshot of %s", chain);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* id and kind of snapshot key; -ENOENT when absent. Caller holds the lock. */
+static int row_of(struct snapshotter *s, const char *key, int64_t *id, int *kind, struct vs_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = store_prepare(s, &st, "SELECT id, kind FROM snapshots WHERE key = ?", err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        *id = sqlite3_column_int64(st, 0);
+        *kind = sqlite3_column_int(st, 1);
+    } else {
+        rc = step == SQLITE_DONE ? -ENOENT : store_fail(s, err, "looking up snapshot '%s'", key);
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Reads blob digest from ns's content store into a layer file at out_path. A failure of the stream (gRPC, size,
+ * digest) is the cause of whatever the converter then saw, so it is reported in preference. */
+static int convert_blob(struct snapshotter *s, const char *ns, const char *digest, int64_t size,
+                        const char *out_path, const struct layer_file_options *opts, struct layer_file_result *res,
+                        struct vs_error *err)
+{
+    const struct snapshotter_content *c = &s->blob->content;
+    int fd = -1;
+    void *stream = NULL;
+    int rc = c->open(c->ctx, ns, digest, size, &fd, &stream, err);
+    if (rc < 0)
+        return rc;
+    rc = layer_file_build_fd(fd, out_path, opts, res, err);
+    struct vs_error cerr;
+    vs_error_clear(&cerr);
+    int crc = c->close(c->ctx, stream, rc == 0, &cerr);
+    if (crc < 0) {
+        if (rc == 0) {
+            char side[PATH_MAX + 16];
+            snprintf(side, sizeof(side), "%s.dmverity", out_path);
+            unlink(out_path);
+            unlink(side);
+        }
+        if (err)
+            *err = cerr;
+        rc = crc;
+    }
+    return rc;
+}
+
+static int put_label(struct snapshotter *s, int64_t id, const char *key, const char *value, struct vs_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = store_prepare(s, &st, "INSERT OR REPLACE INTO labels (snapshot_id, key, value) VALUES (?, ?, ?)", err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, value, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = store_fail(s, err, "writing label '%s'", key);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int insert_layer(struct snapshotter *s, int64_t snapshot_id, const char *rel, const char *format,
+                        const char *blob_digest, const char *diff_id, const struct layer_file_result *res,
+                        const char *root_hex, struct vs_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = store_prepare(s, &st,
+                           "INSERT INTO layers (snapshot_id, path, format, source, source_digest, verity, "
+                           "hash_algorithm, data_block_size, hash_block_size, salt, verity_format, superblock, "
+                           "data_blocks, hash_offset, root_hash, image_size, file_size, inodes, blob_digest, diff_id) "
+                           "VALUES (?, ?, ?, 'blob', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           err);
+    if (rc < 0)
+        return rc;
+    char salt[2 * VERITY_MAX_SALT + 1] = "";
+    const struct verity_layout *l = &res->layout;
+    sqlite3_bind_int64(st, 1, snapshot_id);
+    sqlite3_bind_text(st, 2, rel, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, format, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, blob_digest, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 5, res->verity);
+    if (res->verity) {
+        vs_hex_encode(l->params.salt, l->params.salt_size, salt);
+        sqlite3_bind_text(st, 6, l->params.hash_algorithm, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 7, l->params.data_block_size);
+        sqlite3_bind_int64(st, 8, l->params.hash_block_size);
+        sqlite3_bind_text(st, 9, salt, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 10, l->params.format);
+        sqlite3_bind_int(st, 11, l->params.superblock);
+        sqlite3_bind_int64(st, 12, (sqlite3_int64)l->data_blocks);
+        sqlite3_bind_int64(st, 13, (sqlite3_int64)l->hash_offset);
+        sqlite3_bind_text(st, 14, root_hex, -1, SQLITE_STATIC);
+    }
+    sqlite3_bind_int64(st, 15, (sqlite3_int64)res->image.image_size);
+    sqlite3_bind_int64(st, 16, (sqlite3_int64)res->file_size);
+    sqlite3_bind_int64(st, 17, (sqlite3_int64)res->image.entries);
+    sqlite3_bind_text(st, 18, blob_digest, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 19, diff_id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = store_fail(s, err, "recording layer %s", rel);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int sync_dir(const char *path, struct vs_error *err)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = 0;
+    if (fd < 0 || fsync(fd) < 0)
+        rc = vs_fail(err, -errno, "syncing '%s': %s", path, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+/* ---- Prepare ---- */
+
+struct prepare_job {
+    const char *key, *parent, *chain, *digest;
+    char ns[256];
+    char parent_chain[80];
+    int64_t parent_id;
+    int64_t size;
+};
+
+/* Converts, checks and commits the layer of job j (no lock held on entry or exit). */
+static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j, const struct snapshot_label *labels,
+                              size_t label_count, char *committed, size_t committed_cap, struct vs_error *err)
+{
+    char tmpdir[PATH_MAX], tmpfile[PATH_MAX + 16];
+    snprintf(tmpdir, sizeof(tmpdir), "%s/tmp/blob-XXXXXX", s->root);
+    if (!mkdtemp(tmpdir))
+        return vs_fail(err, -errno, "creating '%s': %s", tmpdir, strerror(errno));
+    snprintf(tmpfile, sizeof(tmpfile), "%s/layer", tmpdir);
+    struct layer_file_options opts = s->layer;
+    opts.tarfs.format = TARFS_FORMAT_EROFS; /* host mounts need EROFS */
+    opts.sidecar = true;
+    struct layer_file_result res;
+    memset(&res, 0, sizeof(res));
+    int rc = convert_blob(s, j->ns, j->digest, j->size, tmpfile, &opts, &res, err);
+    char diff_id[80] = "", computed[80] = "";
+    if (rc == 0) {
+        vs_digest_format(res.image.diff_id, diff_id);
+        chain_id_of(j->parent_chain, diff_id, computed);
+        if (strcmp(computed, j->chain) != 0)
+            rc = vs_fail(err, -EBADMSG,
+                         "the blob's content has diff ID %s, which gives chain ID %s (parent chain %s), not the %s "
+                         "the image names: the blob does not match its image",
+                         diff_id, computed, j->parent_chain[0] ? j->parent_chain : "none", j->chain);
+    }
+    char root_hex[2 * VERITY_MAX_DIGEST + 1] = "";
+    if (rc == 0 && res.verity)
+        vs_hex_encode(res.layout.root_hash, res.layout.digest_size, root_hex);
+
+    /* The committed name carries the chain ID, in containerd's "<ns>/<seq>/<name>" shape when the key has it (the
+     * sequence containerd gave this Prepare is never handed out again, so the name is unique). */
+    const char *rest = NULL;
+    char ns_of_key[256];
+    if (split_backend_key(j->key, ns_of_key, sizeof(ns_of_key), &rest))
+        snprintf(committed, committed_cap, "%.*s%s", (int)(rest - j->key), j->key, j->chain);
+    else
+        snprintf(committed, committed_cap, "%s", j->chain);
+
+    pthread_mutex_lock(&s->lock);
+    bool in_tx = false, renamed = false;
+    char rel[160], final[PATH_MAX + 160], src_side[PATH_MAX + 32], dst_side[PATH_MAX + 200];
+    rel[0] = final[0] = dst_side[0] = '\0';
+    snprintf(src_side, sizeof(src_side), "%s.dmverity", tmpfile);
+    if (rc == 0)
+        rc = store_exec(s, "BEGIN IMMEDIATE", "starting a transaction", err);
+    in_tx = rc == 0;
+    int64_t id = 0;
+    if (rc == 0) {
+        /* The parent may have been removed while we converted. */
+        int64_t pid = 0;
+        int kind = 0;
+        if (j->parent[0] && (rc = row_of(s, j->parent, &pid, &kind, err)) == -ENOENT)
+            rc = vs_fail(err, -ENOENT, "parent '%s' was removed during the conversion", j->parent);
+        if (rc == 0 && j->parent[0] && pid != j->parent_id)
+            rc = vs_fail(err, -ENOENT, "parent '%s' was replaced during the conversion", j->parent);
+    }
+    if (rc == 0) {
+        sqlite3_stmt *st;
+        int64_t now = snap_now_ns();
+        rc = store_prepare(s, &st,
+                           "INSERT INTO snapshots (key, kind, parent_id, created_ns, updated_ns) VALUES (?, 3, ?, ?, ?)",
+                           err);
+        if (rc == 0) {
+            sqlite3_bind_text(st, 1, committed, -1, SQLITE_STATIC);
+            if (j->parent_id)
+                sqlite3_bind_int64(st, 2, j->parent_id);
+            else
+                sqlite3_bind_null(st, 2);
+            sqlite3_bind_int64(st, 3, now);
+            sqlite3_bind_int64(st, 4, now);
+            if (sqlite3_step(st) != SQLITE_DONE)
+                rc = store_fail(s, err, "recording snapshot '%s'", committed);
+            sqlite3_finalize(st);
+            id = sqlite3_last_insert_rowid(s->db);
+        }
+    }
+    for (size_t i = 0; rc == 0 && i < label_count; i++)
+        if (labels[i].value && labels[i].value[0])
+            rc = put_label(s, id, labels[i].key, labels[i].value, err);
+    if (rc == 0 && root_hex[0])
+        rc = put_label(s, id, SNAPSHOT_LABEL_ROOT_HASH, root_hex, err);
+    if (rc == 0) {
+        snprintf(rel, sizeof(rel), "layers/%lld-%.16s.erofs", (long long)id, diff_id + 7);
+        snprintf(final, sizeof(final), "%s/%s", s->root, rel);
+        snprintf(dst_side, sizeof(dst_side), "%s.dmverity", final);
+        rc = insert_layer(s, id, rel, "erofs", j->digest, diff_id, &res, root_hex, err);
+    }
+    /* Into layers/ under the lock, so that a cleanup never sees the file without its row. */
+    if (rc == 0) {
+        if (rename(tmpfile, final) < 0)
+            rc = vs_fail(err, -errno, "renaming the layer file to '%s': %s", final, strerror(errno));
+        else if ((renamed = true) && res.verity && rename(src_side, dst_side) < 0)
+            rc = vs_fail(err, -errno, "renaming the sidecar to '%s': %s", dst_side, strerror(errno));
+        if (rc == 0) {
+            char ldir[PATH_MAX];
+            snprintf(ldir, sizeof(ldir), "%s/layers", s->root);
+            rc = sync_dir(ldir, err);
+        }
+    }
+    if (rc == 0)
+        rc = store_exec(s, "COMMIT", "committing", err);
+    if (rc < 0) {
+        if (in_tx)
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        if (renamed) {
+            unlink(final);
+            unlink(dst_side);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    snap_remove_tree(tmpdir, NULL);
+    if (rc == 0)
+        blob_ingest_count(s, true, committed, root_hex);
+    return rc;
+}
+
+int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call, const char *key, const char *parent,
+                        const struct snapshot_label *labels, size_t label_count, struct vs_error *err)
+{
+    struct blob_ingest *b = s->blob;
+    if (!b || !b->content.info || !key || !key[0])
+        return 1;
+    struct prepare_job j = {.key = key, .parent = parent ? parent : ""};
+    j.chain = label_value(labels, label_count, SNAPSHOT_LABEL_REF);
+    j.digest = label_value(labels, label_count, SNAPSHOT_LABEL_LAYER_DIGEST);
+    if (!is_sha256_digest(j.chain) || !is_sha256_digest(j.digest))
+        return 1;
+    namespace_of(call, key, j.ns, sizeof(j.ns));
+    if (!j.ns[0])
+        return 1;
+
+    char job_id[400];
+    snprintf(job_id, sizeof(job_id), "%s\n%s", j.chain, j.parent);
+    struct blob_job job = {.id = job_id};
+    pthread_mutex_lock(&s->lock);
+    int rc = 0;
+    for (;;) {
+        /* Already converted (by an earlier Prepare, or one we waited for): containerd finds it by label and parent.
+         * A match from another namespace is fine: containerd records whatever backend snapshot the walk finds,
+         * and its garbage collector counts references across namespaces. */
+        bool exists = false;
+        rc = find_committed(s, j.chain, j.parent, &exists, err);
+        if (rc < 0)
+            break;
+        if (exists) {
+            rc = vs_fail(err, -EEXIST, "snapshot '%s': layer %s is committed already (blob path)", key, j.chain);
+            break;
+        }
+        struct blob_job *q = b->jobs;
+        while (q && strcmp(q->id, job_id) != 0)
+            q = q->next;
+        if (!q)
+            break;
+        pthread_cond_wait(&b->done, &s->lock); /* another Prepare converts this layer: wait for it */
+    }
+    if (rc == 0) {
+        /* The directory path reports a missing or uncommitted parent, or an existing key, with the right codes. */
+        int kind = 0;
+        bool key_taken = row_of(s, key, &j.parent_id, &kind, NULL) == 0;
+        j.parent_id = 0;
+        if (key_taken)
+            rc = 1;
+        else if (j.parent[0] && (row_of(s, j.parent, &j.parent_id, &kind, NULL) < 0 || kind != SNAPSHOT_KIND_COMMITTED))
+            rc = 1;
+        else if (j.parent[0] && (chain_id_of_snapshot(s, j.parent_id, j.parent_chain, err) < 0 || !j.parent_chain[0])) {
+            vs_log(VS_LOG_WARN, "blob path: the parent's chain ID is unknown, taking the directory path", "key", key,
+                   "parent", j.parent, NULL);
+            rc = 1;
+        }
+    }
+    if (rc == 0) {
+        job.next = b->jobs;
+        b->jobs = &job;
+        s->commits_in_flight++;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (rc != 0)
+        return rc;
+
+    struct vs_error ierr;
+    vs_error_clear(&ierr);
+    int irc = b->content.info(b->content.ctx, j.ns, j.digest, &j.size, &ierr);
+    char committed[600] = "";
+    if (irc == -ENOENT) {
+        rc = 1; /* not fetched yet: the directory path, and Commit converts from the blob */
+    } else if (irc < 0) {
+        vs_log(VS_LOG_WARN, "blob path: containerd's content store cannot be asked, taking the directory path", "key",
+               key, "namespace", j.ns, "digest", j.digest, "error", ierr.message, NULL);
+        rc = 1;
+    } else {
+        rc = convert_and_commit(s, &j, labels, label_count, committed, sizeof(committed), err);
+        if (rc < 0)
+            vs_error_prefix(err, "snapshot '%s': layer %s (chain ID %s) from containerd's content store (namespace %s)",
+                            key, j.digest, j.chain, j.ns);
+        else
+            rc = vs_fail(err, -EEXIST, "snapshot '%s': layer %s converted from its blob and committed as '%s'", key,
+                         j.chain, committed);
+    }
+
+    pthread_mutex_lock(&s->lock);
+    s->commits_in_flight--;
+    for (struct blob_job **p = &b->jobs; *p; p = &(*p)->next) {
+        if (*p == &job) {
+            *p = job.next;
+            break;
+        }
+    }
+    pthread_cond_broadcast(&b->done);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+/* ---- Commit ---- */
+
+int blob_ingest_commit(struct snapshotter *s, const char *key, const char *name, int64_t snapshot_id,
+                       int64_t parent_id, const struct snapshot_label *labels, size_t label_count,
+                       const char *out_path, const struct layer_file_options *opts, struct layer_file_result *res,
+                       struct blob_commit_source *src, struct vs_error *err)
+{
+    memset(src, 0, sizeof(*src));
+    struct blob_ingest *b = s->blob;
+    if (!b || !b->content.info)
+        return 1;
+    char digest[80] = "", chain[80] = "", parent_chain[80] = "", ns[256] = "";
+    /* The digest label was given at Prepare; the chain ID comes with Commit's labels, or Prepare's, or the name. */
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st;
+    int rc = store_prepare(s, &st, "SELECT key, value FROM labels WHERE snapshot_id = ? AND key IN (?, ?)", err);
+    if (rc == 0) {
+        sqlite3_bind_int64(st, 1, snapshot_id);
+        sqlite3_bind_text(st, 2, SNAPSHOT_LABEL_LAYER_DIGEST, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, SNAPSHOT_LABEL_REF, -1, SQLITE_STATIC);
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            const char *k = (const char *)sqlite3_column_text(st, 0), *v = (const char *)sqlite3_column_text(st, 1);
+            if (k && v && strcmp(k, SNAPSHOT_LABEL_LAYER_DIGEST) == 0)
+                snprintf(digest, sizeof(digest), "%s", v);
+            else if (k && v)
+                snprintf(chain, sizeof(chain), "%s", v);
+        }
+        sqlite3_finalize(st);
+    }
+    if (rc == 0 && parent_id)
+        rc = chain_id_of_snapshot(s, parent_id, parent_chain, err);
+    pthread_mutex_unlock(&s->lock);
+    if (rc < 0)
+        return rc;
+    const char *given = label_value(labels, label_count, SNAPSHOT_LABEL_REF);
+    const char *last = strrchr(name, '/');
+    last = last ? last + 1 : name;
+    if (is_sha256_digest(given))
+        snprintf(chain, sizeof(chain), "%s", given);
+    else if (!is_sha256_digest(chain) && is_sha256_digest(last))
+        snprintf(chain, sizeof(chain), "%s", last);
+    if (!is_sha256_digest(digest))
+        return 1;
+    namespace_of(NULL, key, ns, sizeof(ns));
+    if (!ns[0])
+        return 1;
+    int64_t size = 0;
+    struct vs_error ierr;
+    vs_error_clear(&ierr);
+    int irc = b->content.info(b->content.ctx, ns, digest, &size, &ierr);
+    if (irc < 0) {
+        vs_log(VS_LOG_WARN, "commit: the layer blob is not readable in containerd's content store, converting the directory",
+               "key", key, "namespace", ns, "digest", digest, "error", ierr.message, NULL);
+        return 1;
+    }
+    rc = convert_blob(s, ns, digest, size, out_path, opts, res, err);
+    char diff_id[80] = "", computed[80] = "";
+    if (rc == 0) {
+        vs_digest_format(res->image.diff_id, diff_id);
+        /* Without a known parent chain ID only a first layer can be checked. */
+        if (is_sha256_digest(chain) && (!parent_id || parent_chain[0])) {
+            chain_id_of(parent_chain, diff_id, computed);
+            if (strcmp(computed, chain) != 0)
+                rc = vs_fail(err, -EBADMSG,
+                             "the blob's content has diff ID %s, which gives chain ID %s, not the %s the image names",
+                             diff_id, computed, chain);
+        }
+        if (rc < 0) {
+            char side[PATH_MAX + 16];
+            snprintf(side, sizeof(side), "%s.dmverity", out_path);
+            unlink(out_path);
+            unlink(side);
+        }
+    }
+    if (rc < 0)
+        return vs_error_prefix(err, "commit of snapshot '%s' as '%s': layer %s from containerd's content store "
+                                    "(namespace %s)",
+                               key, name, digest, ns);
+    src->blob = true;
+    snprintf(src->blob_digest, sizeof(src->blob_digest), "%s", digest);
+    snprintf(src->diff_id, sizeof(src->diff_id), "%s", diff_id);
+    return 0;
+}

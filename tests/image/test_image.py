@@ -1,0 +1,686 @@
+#!/usr/bin/env python3
+"""Tests of `veritysnap image roothash` against outside oracles: `veritysnap convert`/`roothash` run on each layer
+blob alone (the per-layer converter, already checked against veritysetup and the kernel), python's hashlib for
+digests, diff IDs and chain IDs (OCI image spec), and for the registry tests Debian's distribution registry
+(`docker-registry`) fed by Debian's `skopeo`, with TLS from an openssl-made CA, htpasswd basic auth and a bearer-token
+front end served here.
+
+Usage: test_image.py VERITYSNAP_BINARY [TEST_NAME...]   (exit 77 when a needed tool is missing)
+"""
+import base64
+import gzip
+import hashlib
+import http.client
+import http.server
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+
+VS = sys.argv[1]
+ONLY = set(sys.argv[2:])
+SKIP = 77
+failures = []
+
+MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_CONFIG = "application/vnd.oci.image.config.v1+json"
+MT_LAYER = {"none": "application/vnd.oci.image.layer.v1.tar", "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
+
+
+def run(*args, check=True, input=None, env=None):
+    p = subprocess.run([str(a) for a in args], capture_output=True, input=input, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} exited {p.returncode}: {p.stderr.decode(errors='replace')}")
+    return p
+
+
+def sha(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def host_platform():
+    m = platform.machine()
+    return "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+
+
+def layer_tar(seed, files=30):
+    """A deterministic layer: directories, files of edge sizes, a symlink, a whiteout."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        def add(name, typ=tarfile.REGTYPE, data=b"", **kw):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mtime, ti.mode = typ, 1700000000, 0o755 if typ == tarfile.DIRTYPE else 0o644
+            for k, v in kw.items():
+                setattr(ti, k, v)
+            ti.size = len(data) if typ == tarfile.REGTYPE else 0
+            t.addfile(ti, io.BytesIO(data) if typ == tarfile.REGTYPE else None)
+        add(f"d{seed}", tarfile.DIRTYPE)
+        for i, size in enumerate([0, 1, 4095, 4096, 4097, 70000 + seed]):
+            add(f"d{seed}/f{i}", data=bytes((j * 7 + i + seed) % 251 for j in range(size)))
+        for i in range(files):
+            add(f"d{seed}/many/file-{i:04d}", data=f"layer {seed} file {i}\n".encode() * (i % 5))
+        add(f"d{seed}/link", tarfile.SYMTYPE, linkname="f1")
+        add(f"gone{seed}/.wh.x")
+    return buf.getvalue()
+
+
+def compress(data, how):
+    if how == "gzip":
+        return gzip.compress(data, compresslevel=6, mtime=0)
+    if how == "zstd":
+        return subprocess.run(["zstd", "-q", "-c", "-3"], input=data, capture_output=True, check=True).stdout
+    return data
+
+
+class Layout:
+    """An OCI image layout written by hand: blobs, manifests, configs, an index."""
+
+    def __init__(self, path):
+        self.path = path
+        os.makedirs(f"{path}/blobs/sha256", exist_ok=True)
+        with open(f"{path}/oci-layout", "w") as f:
+            json.dump({"imageLayoutVersion": "1.0.0"}, f)
+        self.index = []
+        self.images = {}  # manifest digest -> dict(layers=[(blob, tar, mediatype)], config=..., platform=...)
+
+    def blob(self, data):
+        d = sha(data)
+        with open(f"{self.path}/blobs/sha256/{d[7:]}", "wb") as f:
+            f.write(data)
+        return {"digest": d, "size": len(data)}
+
+    def image(self, layers, plat="linux/amd64", diff_ids=None, media_types=None):
+        """layers: [(tar bytes, compression)]; returns the manifest descriptor."""
+        os_, arch = plat.split("/")[:2]
+        blobs = [compress(t, c) for t, c in layers]
+        config = {"architecture": arch, "os": os_, "config": {},
+                  "rootfs": {"type": "layers", "diff_ids": diff_ids or [sha(t) for t, _ in layers]}}
+        cfg = self.blob(json.dumps(config).encode())
+        manifest = {"schemaVersion": 2, "mediaType": MT_MANIFEST, "config": dict(mediaType=MT_CONFIG, **cfg),
+                    "layers": [dict(mediaType=(media_types[i] if media_types else MT_LAYER[c]), **self.blob(b))
+                               for i, (b, (_, c)) in enumerate(zip(blobs, layers))]}
+        desc = dict(mediaType=MT_MANIFEST, **self.blob(json.dumps(manifest).encode()))
+        self.images[desc["digest"]] = {"layers": list(zip(blobs, [t for t, _ in layers])), "platform": plat,
+                                       "config": cfg["digest"]}
+        return desc
+
+    def add(self, desc, ref=None, plat=None):
+        d = dict(desc)
+        if ref:
+            d["annotations"] = {"org.opencontainers.image.ref.name": ref}
+        if plat:
+            os_, arch = plat.split("/")[:2]
+            d["platform"] = {"os": os_, "architecture": arch}
+        self.index.append(d)
+
+    def multi(self, descs, ref):
+        idx = {"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": []}
+        for d in descs:
+            os_, arch = self.images[d["digest"]]["platform"].split("/")[:2]
+            idx["manifests"].append(dict(d, platform={"os": os_, "architecture": arch}))
+        desc = dict(mediaType=MT_INDEX, **self.blob(json.dumps(idx).encode()))
+        self.add(desc, ref)
+        return desc
+
+    def write(self):
+        with open(f"{self.path}/index.json", "w") as f:
+            json.dump({"schemaVersion": 2, "manifests": self.index}, f)
+
+
+def expected(img, *flags, tmp):
+    """Per-layer oracle: `veritysnap roothash` on each blob alone, hashlib for digests, diff and chain IDs."""
+    out, chain = [], None
+    for i, (blob, tar) in enumerate(img["layers"]):
+        p = f"{tmp}/oracle-blob"
+        with open(p, "wb") as f:
+            f.write(blob)
+        r = json.loads(run(VS, "roothash", *flags, p).stdout)[0]
+        diff = sha(tar)
+        chain = diff if chain is None else sha(f"{chain} {diff}".encode())
+        assert r["diff_id"] == diff, (r["diff_id"], diff)
+        out.append({"index": i, "digest": sha(blob), "size": len(blob), "diff_id": diff, "chain_id": chain,
+                    "root_hash": r["root_hash"], "format": r["format"], "data_blocks": r.get("data_blocks")})
+    return out
+
+
+def check_layers(got, want, digests=True):
+    assert len(got["layers"]) == len(want), (len(got["layers"]), len(want))
+    for g, w in zip(got["layers"], want):
+        for k in ("index", "diff_id", "chain_id", "root_hash", "format", "data_blocks") + \
+                 (("digest", "size") if digests else ()):
+            assert g[k] == w[k], f"layer {w['index']} {k}: got {g[k]}, want {w[k]}"
+
+
+def image_roothash(*args, check=True):
+    p = run(VS, "image", "roothash", "--quiet", *args, check=check)
+    return (json.loads(p.stdout) if p.returncode == 0 else None), p
+
+
+def three_layer_image(tmp, ref="v1"):
+    lay = Layout(f"{tmp}/oci")
+    desc = lay.image([(layer_tar(1), "gzip"), (layer_tar(2), "zstd"), (layer_tar(3), "none")], host_platform())
+    lay.add(desc, ref)
+    lay.write()
+    return lay, desc
+
+
+def test_oci_layout(tmp):
+    lay, desc = three_layer_image(tmp)
+    img = lay.images[desc["digest"]]
+    for flags in ([], ["--format", "tarfs"], ["--hash-algorithm", "sha512", "--salt", "-", "--no-superblock"]):
+        got, _ = image_roothash("--oci-layout", lay.path, *flags)
+        check_layers(got, expected(img, *flags, tmp=tmp))
+        assert got["manifest_digest"] == desc["digest"] and got["config_digest"] == img["config"]
+        assert got["platform"] == host_platform()
+        assert got["image"].startswith("oci:")
+        assert [l["media_type"] for l in got["layers"]] == [MT_LAYER[c] for c in ("gzip", "zstd", "none")]
+        assert all(k in got["layers"][0] for k in ("salt", "hash_algorithm", "hash_offset", "table"))
+    # --ref picks by name; a wrong name is a clear error
+    got, _ = image_roothash("--oci-layout", lay.path, "--ref", "v1")
+    _, p = image_roothash("--oci-layout", lay.path, "--ref", "nope", check=False)
+    assert p.returncode != 0 and b"no manifest named 'nope'" in p.stderr, p.stderr
+
+
+def tar_dir(src, dst, gz=False):
+    with tarfile.open(dst, "w:gz" if gz else "w") as t:
+        for root, dirs, files in os.walk(src):
+            dirs.sort()
+            for n in sorted(files):
+                full = os.path.join(root, n)
+                t.add(full, arcname=os.path.relpath(full, src))
+
+
+def test_oci_archive(tmp):
+    lay, desc = three_layer_image(tmp)
+    want = expected(lay.images[desc["digest"]], tmp=tmp)
+    for gz in (False, True):
+        arc = f"{tmp}/image.tar" + (".gz" if gz else "")
+        tar_dir(lay.path, arc, gz)
+        got, _ = image_roothash("--oci-archive", arc)
+        check_layers(got, want)
+        assert got["manifest_digest"] == desc["digest"]
+
+
+def docker_archive(tmp, img, new_layout):
+    """`docker save` output: old (<id>/layer.tar, <hex>.json) or new (Docker 25+: OCI blobs + manifest.json)."""
+    tars = [t for _, t in img["layers"]]
+    os_, arch = img["platform"].split("/")[:2]
+    config = json.dumps({"architecture": arch, "os": os_, "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [sha(t) for t in tars]}}).encode()
+    members = {}
+    if new_layout:
+        cname = f"blobs/sha256/{sha(config)[7:]}"
+        lnames = [f"blobs/sha256/{sha(t)[7:]}" for t in tars]
+        members["oci-layout"] = b'{"imageLayoutVersion":"1.0.0"}'
+    else:
+        cname = f"{sha(config)[7:]}.json"
+        lnames = [f"{hashlib.sha256(str(i).encode() + t[:64]).hexdigest()}/layer.tar" for i, t in enumerate(tars)]
+        for n in lnames:
+            members[n.replace("layer.tar", "VERSION")] = b"1.0"
+        members["repositories"] = b'{"test/image":{"1":"x"}}'
+    members[cname] = config
+    for n, t in zip(lnames, tars):
+        members[n] = t
+    members["manifest.json"] = json.dumps([{"Config": cname, "RepoTags": ["test/image:1"], "Layers": lnames}]).encode()
+    path = f"{tmp}/docker-{'new' if new_layout else 'old'}.tar"
+    with tarfile.open(path, "w") as t:
+        for n, data in members.items():
+            ti = tarfile.TarInfo(n)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def test_docker_archive(tmp):
+    lay, desc = three_layer_image(tmp)
+    img = lay.images[desc["digest"]]
+    want = expected(img, tmp=tmp)
+    for new in (False, True):
+        path = docker_archive(tmp, img, new)
+        got, _ = image_roothash("--docker-archive", path)
+        # The archive holds the uncompressed layers: same diff IDs, chain IDs and root hashes, other blob digests.
+        check_layers(got, want, digests=False)
+        for g, (_, t) in zip(got["layers"], img["layers"]):
+            assert g["digest"] == sha(t) and g["size"] == len(t), g
+        got, _ = image_roothash("--docker-archive", path, "--ref", "test/image:1")
+        check_layers(got, want, digests=False)
+        _, p = image_roothash("--docker-archive", path, "--ref", "other:2", check=False)
+        assert p.returncode != 0 and b"no image tagged 'other:2'" in p.stderr, p.stderr
+
+
+def test_multi_platform(tmp):
+    lay = Layout(f"{tmp}/oci")
+    amd = lay.image([(layer_tar(10), "gzip"), (layer_tar(11), "zstd")], "linux/amd64")
+    arm = lay.image([(layer_tar(20), "gzip")], "linux/arm64")
+    s390 = lay.image([(layer_tar(30), "none")], "linux/s390x")
+    idx = lay.multi([amd, arm, s390], "multi")
+    lay.write()
+    for plat, d in (("linux/arm64", arm), ("linux/amd64", amd), ("linux/s390x", s390)):
+        got, _ = image_roothash("--oci-layout", lay.path, "--platform", plat)
+        check_layers(got, expected(lay.images[d["digest"]], tmp=tmp))
+        assert got["platform"] == plat and got["manifest_digest"] == d["digest"]
+    host = {"linux/amd64": amd, "linux/arm64": arm}.get(host_platform())
+    if host:
+        got, _ = image_roothash("--oci-layout", lay.path)
+        assert got["manifest_digest"] == host["digest"]
+    got, _ = image_roothash("--oci-layout", lay.path, "--all-platforms")
+    assert [g["platform"] for g in got] == ["linux/amd64", "linux/arm64", "linux/s390x"], got
+    assert sum(len(g["layers"]) for g in got) == 4
+    _, p = image_roothash("--oci-layout", lay.path, "--platform", "windows/amd64", check=False)
+    assert p.returncode != 0 and b"no image for platform windows/amd64" in p.stderr, p.stderr
+    assert idx["digest"].encode() in p.stderr
+
+
+def test_output_dir(tmp):
+    lay, desc = three_layer_image(tmp)
+    img = lay.images[desc["digest"]]
+    for flags in ([], ["--format", "tarfs"]):
+        out = f"{tmp}/out{len(flags)}"
+        os.mkdir(out)
+        got, _ = image_roothash("--oci-layout", lay.path, "--output-dir", out, *flags)
+        ext = "tarfs" if flags else "erofs"
+        for g, (blob, tar) in zip(got["layers"], img["layers"]):
+            with open(f"{tmp}/blob", "wb") as f:
+                f.write(blob)
+            ref = json.loads(run(VS, "convert", *flags, "-o", f"{tmp}/ref", f"{tmp}/blob").stdout)
+            mine = f"{out}/{g['diff_id'][7:]}.{ext}"
+            assert g["file"] == mine, g["file"]
+            assert open(mine, "rb").read() == open(f"{tmp}/ref", "rb").read(), f"layer {g['index']} differs"
+            if os.path.exists(f"{tmp}/ref.dmverity"):
+                assert open(mine + ".dmverity").read() == open(f"{tmp}/ref.dmverity").read()
+            assert ref["root_hash"] == g["root_hash"]
+        assert not [n for n in os.listdir(out) if n.startswith(".")], os.listdir(out)
+
+
+def test_corrupt_blob(tmp):
+    lay, desc = three_layer_image(tmp)
+    img = lay.images[desc["digest"]]
+    blob = img["layers"][1][0]
+    d = sha(blob)
+    path = f"{lay.path}/blobs/sha256/{d[7:]}"
+    bad = bytearray(blob)
+    bad[len(bad) // 2] ^= 0x40
+    with open(path, "wb") as f:
+        f.write(bad)
+    out = f"{tmp}/out"
+    os.mkdir(out)
+    _, p = image_roothash("--oci-layout", lay.path, "--output-dir", out, "--jobs", "1", check=False)
+    msg = p.stderr.decode()
+    assert p.returncode == 1, (p.returncode, msg)
+    assert "layer 1" in msg and "digest mismatch" in msg and d in msg and sha(bytes(bad)) in msg, msg
+    assert not [n for n in os.listdir(out) if "partial" in n], os.listdir(out)
+    # a truncated blob too
+    with open(path, "wb") as f:
+        f.write(blob[:-10])
+    _, p = image_roothash("--oci-layout", lay.path, check=False)
+    assert p.returncode == 1 and "layer 1" in p.stderr.decode() and d in p.stderr.decode(), p.stderr
+
+
+def test_diff_id_mismatch(tmp):
+    lay = Layout(f"{tmp}/oci")
+    tars = [layer_tar(1), layer_tar(2)]
+    wrong = sha(b"not the layer")
+    desc = lay.image([(tars[0], "gzip"), (tars[1], "gzip")], host_platform(), diff_ids=[sha(tars[0]), wrong])
+    lay.add(desc)
+    lay.write()
+    _, p = image_roothash("--oci-layout", lay.path, check=False)
+    msg = p.stderr.decode()
+    assert p.returncode == 1, (p.returncode, msg)
+    assert "layer 1" in msg and "diff ID mismatch" in msg and wrong in msg and sha(tars[1]) in msg, msg
+
+
+def test_media_types(tmp):
+    cases = {"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "foreign",
+             "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "non-distributable",
+             "application/vnd.oci.image.layer.v1.tar+gzip+encrypted": "encrypted",
+             "application/vnd.example.weird": "unknown layer media type"}
+    for i, (mt, word) in enumerate(cases.items()):
+        lay = Layout(f"{tmp}/oci{i}")
+        desc = lay.image([(layer_tar(1), "gzip"), (layer_tar(2), "gzip")], host_platform(),
+                         media_types=[MT_LAYER["gzip"], mt])
+        lay.add(desc)
+        lay.write()
+        _, p = image_roothash("--oci-layout", lay.path, check=False)
+        msg = p.stderr.decode()
+        assert p.returncode == 1 and "layer 1" in msg and word in msg and mt in msg, (p.returncode, msg)
+    # Docker media types are accepted
+    lay = Layout(f"{tmp}/docker")
+    desc = lay.image([(layer_tar(1), "gzip"), (layer_tar(2), "zstd")], host_platform(),
+                     media_types=["application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                  "application/vnd.docker.image.rootfs.diff.tar.zstd"])
+    lay.add(desc)
+    lay.write()
+    got, _ = image_roothash("--oci-layout", lay.path)
+    check_layers(got, expected(lay.images[desc["digest"]], tmp=tmp))
+
+
+def test_layers_cache(tmp):
+    lay = Layout(f"{tmp}/oci")
+    a = lay.image([(layer_tar(1), "gzip"), (layer_tar(2), "zstd")], host_platform())
+    b = lay.image([(layer_tar(1), "gzip"), (layer_tar(3), "gzip"), (layer_tar(4), "none")], host_platform())
+    lay.add(a, "a")
+    lay.add(b, "b")
+    lay.write()
+    cache = f"{tmp}/cache.json"
+    first, _ = image_roothash("--oci-layout", lay.path, "--ref", "a", "--layers-cache", cache)
+    doc = json.load(open(cache))
+    assert doc["version"] == 1 and len(doc["layers"]) == 2
+    # A cached run gives the same answer without reading the blobs: remove them to prove it.
+    for blob, _ in lay.images[a["digest"]]["layers"]:
+        os.rename(f"{lay.path}/blobs/sha256/{sha(blob)[7:]}", f"{tmp}/{sha(blob)[7:]}")
+    again, _ = image_roothash("--oci-layout", lay.path, "--ref", "a", "--layers-cache", cache)
+    assert again == first
+    for blob, _ in lay.images[a["digest"]]["layers"]:
+        os.rename(f"{tmp}/{sha(blob)[7:]}", f"{lay.path}/blobs/sha256/{sha(blob)[7:]}")
+    # Other verity parameters are other keys.
+    other, _ = image_roothash("--oci-layout", lay.path, "--ref", "a", "--layers-cache", cache, "--salt", "-")
+    assert other["layers"][0]["root_hash"] != first["layers"][0]["root_hash"]
+    assert len(json.load(open(cache))["layers"]) == 4
+    # Two concurrent runs on one fresh cache keep both images' layers.
+    for round_ in range(3):
+        cache2 = f"{tmp}/shared-{round_}.json"
+        procs = [subprocess.Popen([VS, "image", "roothash", "--quiet", "--oci-layout", lay.path, "--ref", r,
+                                   "--layers-cache", cache2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for r in ("a", "b")]
+        outs = [json.loads(pr.communicate()[0]) for pr in procs]
+        assert all(pr.returncode == 0 for pr in procs)
+        doc = json.load(open(cache2))
+        diffs = {v["diff_id"] for v in doc["layers"].values()}
+        want = {l["diff_id"] for o in outs for l in o["layers"]}
+        assert diffs == want and len(want) == 4, (diffs, want)
+        for o in outs:
+            for l in o["layers"]:
+                assert any(v["diff_id"] == l["diff_id"] and v["root_hash"] == l["root_hash"]
+                           for v in doc["layers"].values())
+    # genpolicy's view: tarfs root hashes by diff ID, merged into what is there.
+    gp = f"{tmp}/layers-cache.json"
+    with open(gp, "w") as f:
+        json.dump([{"diff_id": "sha256:" + "0" * 64, "verity_hash": "ab", "passwd": "root:x:0:0::/:/bin/sh"}], f)
+    got, _ = image_roothash("--oci-layout", lay.path, "--ref", "b", "--format", "tarfs", "--genpolicy-cache", gp)
+    entries = json.load(open(gp))
+    assert entries[0]["passwd"].startswith("root:")
+    for l in got["layers"]:
+        with open(f"{tmp}/blob", "wb") as f:
+            f.write(next(bl for bl, t in lay.images[b["digest"]]["layers"] if sha(t) == l["diff_id"]))
+        tarfs_root = json.loads(run(VS, "roothash", "--format", "tarfs", f"{tmp}/blob").stdout)[0]["root_hash"]
+        assert {"diff_id": l["diff_id"], "verity_hash": tarfs_root} in entries, entries
+    _, p = image_roothash("--oci-layout", lay.path, "--ref", "b", "--genpolicy-cache", gp, check=False)
+    assert p.returncode == 2 and b"--format tarfs" in p.stderr
+
+
+# ---- registry ----
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need(*tools):
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        print(f"missing {missing}", file=sys.stderr)
+        return False
+    return True
+
+
+class Registry:
+    """Debian's distribution registry on 127.0.0.1, with a generated config (TLS and htpasswd optional)."""
+
+    def __init__(self, tmp, tls=False, htpasswd=None):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="reg-", dir=tmp)
+        cfg = {"version": 0.1, "log": {"level": "error"},
+               "storage": {"filesystem": {"rootdirectory": f"{self.dir}/data"}},
+               "http": {"addr": f"127.0.0.1:{self.port}", "secret": "test"}}
+        self.ca = None
+        if tls:
+            self.ca = make_certs(self.dir)
+            cfg["http"]["tls"] = {"certificate": f"{self.dir}/server.crt", "key": f"{self.dir}/server.key"}
+        if htpasswd:
+            line = run("htpasswd", "-Bbn", *htpasswd).stdout.decode().strip()
+            with open(f"{self.dir}/htpasswd", "w") as f:
+                f.write(line + "\n")
+            cfg["auth"] = {"htpasswd": {"realm": "test", "path": f"{self.dir}/htpasswd"}}
+        with open(f"{self.dir}/config.yml", "w") as f:
+            json.dump(cfg, f)  # JSON is YAML
+        self.log = open(f"{self.dir}/log", "w")
+        self.proc = subprocess.Popen(["docker-registry", "serve", f"{self.dir}/config.yml"], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        self.addr = f"127.0.0.1:{self.port}"
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("registry did not start: " + open(f"{self.dir}/log").read())
+
+    def push(self, layout, ref, repo, creds=None):
+        args = ["skopeo", "--insecure-policy", "copy", "-q", "--all", "--preserve-digests", "--dest-tls-verify=false"]
+        if creds:
+            args += ["--dest-creds", ":".join(creds)]
+        if self.ca:
+            certs = f"{self.dir}/certs"
+            os.makedirs(certs, exist_ok=True)
+            shutil.copy(self.ca, f"{certs}/ca.crt")
+            args = ["skopeo", "--insecure-policy", "copy", "-q", "--all", "--preserve-digests", "--dest-cert-dir", certs] + \
+                (["--dest-creds", ":".join(creds)] if creds else [])
+        env = dict(os.environ, HOME=self.dir, REGISTRY_AUTH_FILE=f"{self.dir}/auth.json")
+        run(*args, f"oci:{layout}:{ref}", f"docker://{self.addr}/{repo}", env=env)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        self.log.close()
+
+
+def make_certs(d):
+    """A self-signed CA and a server certificate for 127.0.0.1 signed by it."""
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=veritysnap test CA",
+        "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.crt")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", f"{d}/server.key",
+        "-out", f"{d}/server.csr")
+    with open(f"{d}/ext.cnf", "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", f"{d}/server.csr", "-CA", f"{d}/ca.crt", "-CAkey", f"{d}/ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", f"{d}/ext.cnf", "-out", f"{d}/server.crt")
+    return f"{d}/ca.crt"
+
+
+def registry_image(tmp):
+    lay = Layout(f"{tmp}/oci")
+    amd = lay.image([(layer_tar(1), "gzip"), (layer_tar(2), "zstd"), (layer_tar(3), "none")], "linux/amd64")
+    arm = lay.image([(layer_tar(4), "gzip")], "linux/arm64")
+    lay.add(amd, "single")
+    lay.multi([amd, arm], "multi")
+    lay.write()
+    return lay, amd, arm
+
+
+def test_registry_plain(tmp):
+    if not need("docker-registry", "skopeo"):
+        return SKIP
+    lay, amd, arm = registry_image(tmp)
+    reg = Registry(tmp)
+    try:
+        reg.push(lay.path, "single", "team/app:1")
+        reg.push(lay.path, "multi", "team/multi:2")
+        want = expected(lay.images[amd["digest"]], tmp=tmp)
+        local, _ = image_roothash("--oci-layout", lay.path, "--ref", "single")
+        got, _ = image_roothash("--plain-http", f"{reg.addr}/team/app:1")
+        check_layers(got, want)
+        assert got["manifest_digest"] == amd["digest"] == local["manifest_digest"]
+        assert [l["root_hash"] for l in got["layers"]] == [l["root_hash"] for l in local["layers"]]
+        got, _ = image_roothash("--plain-http", f"{reg.addr}/team/app@{amd['digest']}")
+        check_layers(got, want)
+        got, _ = image_roothash("--plain-http", f"{reg.addr}/team/multi:2", "--platform", "linux/arm64")
+        check_layers(got, expected(lay.images[arm["digest"]], tmp=tmp))
+        got, _ = image_roothash("--plain-http", f"{reg.addr}/team/multi:2", "--all-platforms")
+        assert [g["platform"] for g in got] == ["linux/amd64", "linux/arm64"]
+        _, p = image_roothash("--plain-http", f"{reg.addr}/team/nothing:1", check=False)
+        assert p.returncode != 0 and b"repository 'team/nothing' not found" in p.stderr, p.stderr
+        _, p = image_roothash("--plain-http", f"{reg.addr}/team/app:nope", check=False)
+        assert p.returncode != 0 and b"tag 'nope' not found in repository 'team/app'" in p.stderr, p.stderr
+    finally:
+        reg.stop()
+
+
+def test_registry_tls_basic(tmp):
+    if not need("docker-registry", "skopeo", "htpasswd", "openssl"):
+        return SKIP
+    lay, amd, _ = registry_image(tmp)
+    reg = Registry(tmp, tls=True, htpasswd=("alice", "s3cret-pw"))
+    try:
+        reg.push(lay.path, "single", "team/app:1", creds=("alice", "s3cret-pw"))
+        want = expected(lay.images[amd["digest"]], tmp=tmp)
+        ref = f"{reg.addr}/team/app:1"
+        p = run(VS, "image", "roothash", "--quiet", "--ca-file", reg.ca, "--username", "alice", "--password-stdin",
+                ref, input=b"s3cret-pw\n")
+        check_layers(json.loads(p.stdout), want)
+        assert b"s3cret" not in p.stdout + p.stderr
+        # credentials from $DOCKER_CONFIG/config.json
+        dc = f"{tmp}/docker-config"
+        os.mkdir(dc)
+        with open(f"{dc}/config.json", "w") as f:
+            json.dump({"auths": {f"https://{reg.addr}": {"auth": base64.b64encode(b"alice:s3cret-pw").decode()}}}, f)
+        p = run(VS, "image", "roothash", "--quiet", "--ca-file", reg.ca, ref, env=dict(os.environ, DOCKER_CONFIG=dc))
+        check_layers(json.loads(p.stdout), want)
+        # wrong password, no password, untrusted CA, missing repository and tag
+        p = run(VS, "image", "roothash", "--quiet", "--ca-file", reg.ca, "--username", "alice", "--password-stdin",
+                ref, input=b"wrong-pw\n", check=False)
+        assert p.returncode != 0 and b"refused the credentials" in p.stderr and b"wrong-pw" not in p.stderr, p.stderr
+        p = run(VS, "image", "roothash", "--quiet", "--ca-file", reg.ca, ref, check=False,
+                env=dict(os.environ, DOCKER_CONFIG=f"{tmp}/none"))
+        assert p.returncode != 0 and b"wants a username and password" in p.stderr, p.stderr
+        p = run(VS, "image", "roothash", "--quiet", ref, check=False, env=dict(os.environ, DOCKER_CONFIG=dc))
+        assert p.returncode != 0 and b"certificate" in p.stderr.lower(), p.stderr
+        for r, msg in ((f"{reg.addr}/team/none:1", b"repository 'team/none' not found"),
+                       (f"{reg.addr}/team/app:2", b"tag '2' not found")):
+            p = run(VS, "image", "roothash", "--quiet", "--ca-file", reg.ca, r, check=False,
+                    env=dict(os.environ, DOCKER_CONFIG=dc))
+            assert p.returncode != 0 and msg in p.stderr, p.stderr
+    finally:
+        reg.stop()
+
+
+class TokenFront(http.server.BaseHTTPRequestHandler):
+    """A bearer-token registry front: /token hands out tokens for repository:<repo>:pull to alice, /v2/ needs one
+    and is proxied to the registry behind; blob requests are answered with a redirect, as registries on S3 do."""
+    upstream = None
+    tokens = set()
+    token_requests = []
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        port = self.server.server_address[1]
+        if self.path.startswith("/token"):
+            from urllib.parse import parse_qs, urlparse
+            q = parse_qs(urlparse(self.path).query)
+            TokenFront.token_requests.append(q)
+            auth = self.headers.get("Authorization", "")
+            if auth != "Basic " + base64.b64encode(b"alice:tok-pw").decode():
+                return self.reply(401, b'{"details":"bad credentials"}')
+            scope = q.get("scope", [""])[0]
+            if not scope.startswith("repository:") or not scope.endswith(":pull"):
+                return self.reply(403, b"{}")
+            tok = hashlib.sha256(f"{scope}{time.time()}".encode()).hexdigest()
+            TokenFront.tokens.add(tok)
+            return self.reply(200, json.dumps({"token": tok, "expires_in": 300}).encode())
+        if self.path.startswith("/redirected/"):
+            return self.proxy(self.path[len("/redirected"):])
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in TokenFront.tokens:
+            repo = self.path[4:].rsplit("/", 2)[0]
+            ch = f'Bearer realm="http://127.0.0.1:{port}/token",service="test-registry",scope="repository:{repo}:pull"'
+            return self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', {"WWW-Authenticate": ch})
+        if "/blobs/" in self.path:
+            return self.reply(307, b"", {"Location": f"http://127.0.0.1:{port}/redirected{self.path}"})
+        return self.proxy(self.path)
+
+    def proxy(self, path):
+        c = http.client.HTTPConnection(TokenFront.upstream)
+        c.request("GET", path, headers={k: v for k, v in self.headers.items() if k.lower() == "accept"})
+        r = c.getresponse()
+        body = r.read()
+        hdrs = {k: v for k, v in r.getheaders() if k.lower() in ("content-type", "docker-content-digest")}
+        self.reply(r.status, body, hdrs)
+
+    def reply(self, code, body, headers=None):
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_registry_bearer(tmp):
+    if not need("docker-registry", "skopeo"):
+        return SKIP
+    lay, amd, _ = registry_image(tmp)
+    reg = Registry(tmp)
+    srv = None
+    try:
+        reg.push(lay.path, "single", "team/app:1")
+        TokenFront.upstream = reg.addr
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenFront)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        front = f"127.0.0.1:{srv.server_address[1]}"
+        want = expected(lay.images[amd["digest"]], tmp=tmp)
+        p = run(VS, "image", "roothash", "--quiet", "--plain-http", "--username", "alice", "--password-stdin",
+                f"{front}/team/app:1", input=b"tok-pw\n")
+        check_layers(json.loads(p.stdout), want)
+        assert TokenFront.token_requests and all(q["scope"] == ["repository:team/app:pull"] and
+                                                 q["service"] == ["test-registry"] for q in TokenFront.token_requests)
+        p = run(VS, "image", "roothash", "--quiet", "--plain-http", "--username", "alice", "--password-stdin",
+                f"{front}/team/app:1", input=b"bad\n", check=False)
+        assert p.returncode != 0 and b"refused the credentials" in p.stderr, p.stderr
+    finally:
+        if srv:
+            srv.shutdown()
+        reg.stop()
+
+
+TESTS = [test_oci_layout, test_oci_archive, test_docker_archive, test_multi_platform, test_output_dir,
+         test_corrupt_blob, test_diff_id_mismatch, test_media_types, test_layers_cache, test_registry_plain,
+         test_registry_tls_basic, test_registry_bearer]
+
+
+def main():
+    skipped = 0
+    for t in TESTS:
+        if ONLY and t.__name__ not in ONLY:
+            continue
+        tmp = tempfile.mkdtemp(prefix="vs-image-")
+        try:
+            r = t(tmp)
+            if r == SKIP:
+                skipped += 1
+                print(f"SKIP {t.__name__}")
+            else:
+                print(f"ok   {t.__name__}")
+        except AssertionError as e:
+            failures.append(t.__name__)
+            print(f"FAIL {t.__name__}: {e}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if failures:
+        sys.exit(1)
+    if skipped and ONLY and skipped == len(ONLY):
+        sys.exit(SKIP)
+
+
+main()

@@ -1,0 +1,676 @@
+/* The registry image source: the OCI distribution API over libcurl (manifests and blobs, redirects followed),
+ * bearer-token and basic auth, retries with backoff. Credentials go into request headers only: never printed,
+ * never logged (no CURLOPT_VERBOSE), wiped when the source is freed. */
+#include <curl/curl.h>
+#include <errno.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "image.h"
+
+#define ACCEPT_MANIFESTS                                                                                     \
+    "Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "          \
+    "application/vnd.docker.distribution.manifest.list.v2+json, "                                            \
+    "application/vnd.docker.distribution.manifest.v2+json"
+
+struct registry_source {
+    struct image_source base;
+    char *host;     /* as in the reference, e.g. 127.0.0.1:5000 or docker.io */
+    char *api_host; /* where the API lives (registry-1.docker.io for docker.io) */
+    char *repo;
+    char *tag;    /* or NULL */
+    char *digest; /* or NULL */
+    char *scheme;
+    char *ca_file;
+    char *basic; /* base64(user:password), or NULL */
+    int retries;
+    pthread_mutex_t lock;
+    char *auth; /* the Authorization header to send, or NULL */
+};
+
+/* One response, streamed to fn when 2xx, else kept (small) for the message. */
+struct response {
+    struct registry_source *s;
+    CURL *curl;
+    image_chunk_fn fn;
+    void *ctx;
+    struct vs_error *err;
+    int fn_rc;
+    bool delivered; /* body bytes went to fn: a retry would repeat them */
+    char *body;     /* buffered body (errors, or when fn is NULL) */
+    size_t body_len;
+    size_t body_cap;
+    size_t body_max;
+    char *www_auth;
+    char *content_type;
+    char *docker_digest;
+};
+
+static size_t on_header(char *buf, size_t size, size_t n, void *ctx)
+{
+    struct response *r = ctx;
+    size_t len = size * n;
+    char **slot = NULL;
+    size_t skip = 0;
+    if (len > 17 && strncasecmp(buf, "WWW-Authenticate:", 17) == 0)
+        slot = &r->www_auth, skip = 17;
+    else if (len > 13 && strncasecmp(buf, "Content-Type:", 13) == 0)
+        slot = &r->content_type, skip = 13;
+    else if (len > 22 && strncasecmp(buf, "Docker-Content-Digest:", 22) == 0)
+        slot = &r->docker_digest, skip = 22;
+    else if (len >= 5 && strncmp(buf, "HTTP/", 5) == 0) {
+        /* A new response (after a redirect): forget the previous one's headers. */
+        free(r->www_auth), r->www_auth = NULL;
+        free(r->content_type), r->content_type = NULL;
+        free(r->docker_digest), r->docker_digest = NULL;
+    }
+    if (slot) {
+        const char *v = buf + skip;
+        size_t vl = len - skip;
+        while (vl && (*v == ' ' || *v == '\t'))
+            v++, vl--;
+        while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+            vl--;
+        free(*slot);
+        *slot = strndup(v, vl);
+    }
+    return len;
+}
+
+static size_t on_body(char *buf, size_t size, size_t n, void *ctx)
+{
+    struct response *r = ctx;
+    size_t len = size * n;
+    long code = 0;
+    curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &code);
+    if (code / 100 == 2 && r->fn) {
+        r->delivered = true;
+        r->fn_rc = r->fn(r->ctx, buf, len, r->err);
+        return r->fn_rc < 0 ? 0 : len;
+    }
+    size_t max = code / 100 == 2 ? r->body_max : 64 * 1024;
+    if (r->body_len + len > max) {
+        if (code / 100 == 2) {
+            r->fn_rc = vs_fail(r->err, -EFBIG, "response bigger than %zu bytes", max);
+            return 0;
+        }
+        return len; /* the start of an error body is enough */
+    }
+    if (r->body_len + len + 1 > r->body_cap) {
+        size_t cap = (r->body_len + len + 1) * 2;
+        char *b = realloc(r->body, cap);
+        if (!b)
+            return 0;
+        r->body = b;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, buf, len);
+    r->body_len += len;
+    r->body[r->body_len] = '\0';
+    return len;
+}
+
+static void response_reset(struct response *r)
+{
+    free(r->body);
+    free(r->www_auth);
+    free(r->content_type);
+    free(r->docker_digest);
+    r->body = r->www_auth = r->content_type = r->docker_digest = NULL;
+    r->body_len = r->body_cap = 0;
+    r->delivered = false;
+    r->fn_rc = 0;
+}
+
+/* One GET with retries on connection errors and 5xx (unless body bytes already went out); returns the status
+ * (>= 100) or a negative code. auth: the Authorization header value or NULL. */
+static long http_get(struct registry_source *s, const char *url, const char *accept, const char *auth,
+                     struct response *r, struct vs_error *err)
+{
+    long code = 0;
+    for (int attempt = 0;; attempt++) {
+        response_reset(r);
+        CURL *c = curl_easy_init();
+        if (!c)
+            return vs_fail(err, -ENOMEM, "curl_easy_init failed");
+        r->curl = c;
+        struct curl_slist *h = NULL;
+        char *authh = NULL;
+        if (accept)
+            h = curl_slist_append(h, accept);
+        if (auth && asprintf(&authh, "Authorization: %s", auth) >= 0)
+            h = curl_slist_append(h, authh);
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+        curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
+        curl_easy_setopt(c, CURLOPT_USERAGENT, "veritysnap/" VS_VERSION);
+        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 30L);
+        /* A stalled transfer (under 1 KiB/s for 60 s) is a connection error, retried like one. */
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
+        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+        curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+        if (s->ca_file)
+            curl_easy_setopt(c, CURLOPT_CAINFO, s->ca_file);
+        CURLcode cc = curl_easy_perform(c);
+        code = 0;
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+        curl_easy_cleanup(c);
+        curl_slist_free_all(h);
+        if (authh) {
+            explicit_bzero(authh, strlen(authh));
+            free(authh);
+        }
+        if (r->fn_rc < 0)
+            return r->fn_rc;
+        bool retry = (cc != CURLE_OK || code >= 500) && !r->delivered && attempt < s->retries;
+        if (!retry) {
+            if (cc != CURLE_OK)
+                return vs_fail(err, -EIO, "GET %s: %s", url, curl_easy_strerror(cc));
+            return code;
+        }
+        struct timespec ts = {0, (long)(100000000L << (attempt < 4 ? attempt : 4))};
+        while (ts.tv_nsec >= 1000000000L)
+            ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Value of key in a challenge such as: Bearer
+ * realm="https://x/token",service="reg",scope="repository:r:pull". */
+static char *challenge_param(const char *ch, const char *key)
+{
+    size_t kl = strlen(key);
+    for (const char *p = ch; (p = strcasestr(p, key)) != NULL; p += kl) {
+        if (p != ch && p[-1] != ' ' && p[-1] != ',')
+            continue;
+        const char *v = p + kl;
+        if (*v != '=')
+            continue;
+        v++;
+        if (*v == '"') {
+            const char *e = strchr(v + 1, '"');
+            return e ? strndup(v + 1, (size_t)(e - v - 1)) : NULL;
+        }
+        size_t n = strcspn(v, ", ");
+        return strndup(v, n);
+    }
+    return NULL;
+}
+
+static char *url_escape(const char *s)
+{
+    char *e = curl_easy_escape(NULL, s, 0);
+    char *out = e ? strdup(e) : NULL;
+    curl_free(e);
+    return out;
+}
+
+/* Answers a 401's challenge: fetches a bearer token, or uses basic credentials. Sets s->auth. */
+static int authenticate(struct registry_source *s, const char *challenge, const char *failed_auth,
+                        struct vs_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    /* Another thread may have answered the same challenge meanwhile. */
+    if (s->auth && (!failed_auth || strcmp(s->auth, failed_auth) != 0)) {
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+    }
+    int rc = 0;
+    if (!challenge) {
+        rc = vs_fail(err, -EACCES, "registry '%s' refused access without a challenge", s->host);
+    } else if (strncasecmp(challenge, "Basic", 5) == 0) {
+        if (!s->basic)
+            rc = vs_fail(err, -EACCES,
+                         "registry '%s' wants a username and password (--username/--password-stdin or "
+                         "docker login)",
+                         s->host);
+        else if (failed_auth && strncmp(failed_auth, "Basic ", 6) == 0)
+            rc = vs_fail(err, -EACCES,
+                         "registry '%s' refused the credentials for repository '%s' (wrong username "
+                         "or password?)",
+                         s->host, s->repo);
+        else {
+            free(s->auth);
+            if (asprintf(&s->auth, "Basic %s", s->basic) < 0)
+                s->auth = NULL;
+        }
+    } else if (strncasecmp(challenge, "Bearer", 6) == 0) {
+        char *realm = challenge_param(challenge, "realm");
+        char *service = challenge_param(challenge, "service");
+        char *scope = challenge_param(challenge, "scope");
+        char *want_scope = NULL;
+        if (!scope && asprintf(&want_scope, "repository:%s:pull", s->repo) < 0)
+            want_scope = NULL;
+        char *es = url_escape(scope ? scope : want_scope ? want_scope : "");
+        char *esv = service ? url_escape(service) : NULL;
+        char *url = NULL;
+        if (!realm) {
+            rc = vs_fail(err, -EACCES, "registry '%s': bearer challenge without a realm", s->host);
+        } else if (asprintf(&url, "%s%sscope=%s%s%s", realm, strchr(realm, '?') ? "&" : "?", es ? es : "",
+                            esv ? "&service=" : "", esv ? esv : "") < 0) {
+            rc = vs_fail(err, -ENOMEM, "out of memory");
+        } else {
+            char *basic = NULL;
+            if (s->basic && asprintf(&basic, "Basic %s", s->basic) < 0)
+                basic = NULL;
+            struct response r = {.s = s, .err = err, .body_max = 1 << 20};
+            long code = http_get(s, url, NULL, basic, &r, err);
+            if (basic) {
+                explicit_bzero(basic, strlen(basic));
+                free(basic);
+            }
+            if (code < 0) {
+                rc = (int)code;
+            } else if (code == 401 || code == 403) {
+                rc = vs_fail(err, -EACCES,
+                             "the token endpoint of registry '%s' refused %s for repository '%s' "
+                             "(HTTP %ld%s)",
+                             s->host, s->basic ? "the credentials" : "anonymous access", s->repo, code,
+                             s->basic ? ": wrong username or password?" : "");
+            } else if (code / 100 != 2) {
+                rc = vs_fail(err, -EIO, "the token endpoint of registry '%s' answered HTTP %ld", s->host,
+                             code);
+            } else {
+                json_t *j = json_loadb(r.body ? r.body : "", r.body_len, 0, NULL);
+                const char *tok = json_string_value(json_object_get(j, "token"));
+                if (!tok)
+                    tok = json_string_value(json_object_get(j, "access_token"));
+                if (!tok) {
+                    rc = vs_fail(err, -EIO, "the token endpoint of registry '%s' gave no token", s->host);
+                } else if (failed_auth && strncmp(failed_auth, "Bearer ", 7) == 0 &&
+                           strcmp(failed_auth + 7, tok) == 0) {
+                    rc = vs_fail(err, -EACCES, "registry '%s' refused its own token for repository '%s'",
+                                 s->host, s->repo);
+                } else {
+                    free(s->auth);
+                    if (asprintf(&s->auth, "Bearer %s", tok) < 0)
+                        s->auth = NULL;
+                }
+                json_decref(j);
+            }
+            if (r.body)
+                explicit_bzero(r.body, r.body_len);
+            response_reset(&r);
+        }
+        free(realm), free(service), free(scope), free(want_scope), free(es), free(esv), free(url);
+    } else {
+        rc = vs_fail(err, -EACCES, "registry '%s': unsupported authentication scheme", s->host);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+static char *current_auth(struct registry_source *s)
+{
+    pthread_mutex_lock(&s->lock);
+    char *a = s->auth ? strdup(s->auth) : NULL;
+    pthread_mutex_unlock(&s->lock);
+    return a;
+}
+
+/* The registry's error code from an error body ({"errors":[{"code":"NAME_UNKNOWN",...}]}), or "". */
+static const char *error_code(const struct response *r, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    json_t *j = r->body ? json_loadb(r->body, r->body_len, 0, NULL) : NULL;
+    const char *c =
+        json_string_value(json_object_get(json_array_get(json_object_get(j, "errors"), 0), "code"));
+    if (c)
+        snprintf(buf, cap, "%s", c);
+    json_decref(j);
+    return buf;
+}
+
+/* GET path under /v2/<repo>/, answering auth challenges; what names the object in messages. */
+static int registry_get(struct registry_source *s, const char *path, const char *accept, const char *what,
+                        struct response *r, struct vs_error *err)
+{
+    char *url;
+    if (asprintf(&url, "%s://%s/v2/%s/%s", s->scheme, s->api_host, s->repo, path) < 0)
+        return vs_fail(err, -ENOMEM, "out of memory");
+    int rc = 0;
+    for (int round = 0; round < 3; round++) {
+        char *auth = current_auth(s);
+        long code = http_get(s, url, accept, auth, r, err);
+        if (code == 401 && round < 2) {
+            char *ch = r->www_auth ? strdup(r->www_auth) : NULL;
+            rc = authenticate(s, ch, auth, err);
+            free(ch);
+            if (auth) {
+                explicit_bzero(auth, strlen(auth));
+                free(auth);
+            }
+            if (rc < 0)
+                break;
+            continue;
+        }
+        if (auth) {
+            explicit_bzero(auth, strlen(auth));
+            free(auth);
+        }
+        char ec[64];
+        if (code < 0)
+            rc = (int)code;
+        else if (code / 100 == 2)
+            rc = 0;
+        else if (code == 401)
+            rc = vs_fail(err, -EACCES, "registry '%s' refused the credentials for repository '%s'", s->host,
+                         s->repo);
+        else if (code == 403)
+            rc = vs_fail(err, -EACCES, "registry '%s' denied access to repository '%s' (HTTP 403)", s->host,
+                         s->repo);
+        else if (code == 404 && strcmp(error_code(r, ec, sizeof(ec)), "NAME_UNKNOWN") == 0)
+            rc = vs_fail(err, -ENOENT, "repository '%s' not found on registry '%s'", s->repo, s->host);
+        else if (code == 404)
+            rc = vs_fail(err, -ENOENT, "%s not found in repository '%s' on registry '%s'%s%s%s", what,
+                         s->repo, s->host, ec[0] ? " (" : "", ec, ec[0] ? ")" : "");
+        else
+            rc = vs_fail(err, -EIO, "registry '%s': GET %s answered HTTP %ld", s->host, url, code);
+        break;
+    }
+    free(url);
+    return rc;
+}
+
+static bool is_manifest_type(const char *mt)
+{
+    return mt && (strstr(mt, "manifest") || strstr(mt, "index"));
+}
+
+static int fetch_path(struct registry_source *s, const char *path, const char *accept, const char *what,
+                      struct image_blob *out, struct vs_error *err)
+{
+    struct response r = {.s = s, .err = err, .body_max = IMAGE_SMALL_BLOB_MAX};
+    memset(out, 0, sizeof(*out));
+    int rc = registry_get(s, path, accept, what, &r, err);
+    if (rc == 0) {
+        out->data = r.body ? r.body : strdup("");
+        out->len = r.body_len;
+        r.body = NULL;
+        if (r.content_type) {
+            size_t n = strcspn(r.content_type, ";");
+            snprintf(out->media_type, sizeof(out->media_type), "%.*s", (int)n, r.content_type);
+        }
+        if (r.docker_digest && image_digest_valid(r.docker_digest))
+            snprintf(out->digest, sizeof(out->digest), "%s", r.docker_digest);
+    }
+    response_reset(&r);
+    return rc;
+}
+
+static int registry_resolve(struct image_source *base, struct image_blob *root, struct vs_error *err)
+{
+    struct registry_source *s = (struct registry_source *)base;
+    char *path, *what;
+    const char *id = s->digest ? s->digest : s->tag;
+    if (asprintf(&path, "manifests/%s", id) < 0)
+        return vs_fail(err, -ENOMEM, "out of memory");
+    if (asprintf(&what, s->digest ? "manifest '%s'" : "tag '%s'", id) < 0) {
+        free(path);
+        return vs_fail(err, -ENOMEM, "out of memory");
+    }
+    int rc = fetch_path(s, path, ACCEPT_MANIFESTS, what, root, err);
+    free(path);
+    free(what);
+    if (rc == -ENOENT) {
+        /* Registries answer an unknown repository's tag with MANIFEST_UNKNOWN too; the tag list tells them
+         * apart. */
+        struct image_blob tags = {0};
+        struct vs_error terr = {0};
+        int trc = fetch_path(s, "tags/list", NULL, "the tag list", &tags, &terr);
+        if (trc == -ENOENT) {
+            rc = vs_fail(err, -ENOENT, "repository '%s' not found on registry '%s'", s->repo, s->host);
+        } else if (trc == 0) {
+            json_t *j = json_loadb(tags.data, tags.len, 0, NULL);
+            json_t *list = json_object_get(j, "tags");
+            char known[512] = "";
+            for (size_t i = 0; i < json_array_size(list); i++) {
+                const char *t = json_string_value(json_array_get(list, i));
+                if (t && strlen(known) + strlen(t) + 3 < sizeof(known) - 4) {
+                    if (known[0])
+                        strcat(known, ", ");
+                    strcat(known, t);
+                } else if (t) {
+                    strcat(known, ", ...");
+                    break;
+                }
+            }
+            rc = vs_fail(err, -ENOENT, "%s '%s' not found in repository '%s' on registry '%s' (tags: %s)",
+                         s->digest ? "manifest" : "tag", id, s->repo, s->host, known[0] ? known : "none");
+            json_decref(j);
+        }
+        image_blob_free(&tags);
+    }
+    if (rc < 0)
+        return rc;
+    char got[IMAGE_DIGEST_MAX];
+    image_digest_of(root->data, root->len, got);
+    const char *want = s->digest ? s->digest : root->digest[0] ? root->digest : NULL;
+    if (want && strcmp(want, got) != 0) {
+        rc = vs_fail(err, -EBADMSG, "manifest digest mismatch: %s %s, content is %s",
+                     s->digest ? "the reference says" : "the registry says", want, got);
+        image_blob_free(root);
+        return rc;
+    }
+    snprintf(root->digest, sizeof(root->digest), "%s", got);
+    return 0;
+}
+
+static int registry_fetch(struct image_source *base, const struct image_descriptor *d, struct image_blob *out,
+                          struct vs_error *err)
+{
+    struct registry_source *s = (struct registry_source *)base;
+    bool manifest = is_manifest_type(d->media_type);
+    char *path, *what;
+    if (asprintf(&path, "%s/%s", manifest ? "manifests" : "blobs", d->digest) < 0)
+        return vs_fail(err, -ENOMEM, "out of memory");
+    if (asprintf(&what, "%s %s", manifest ? "manifest" : "blob", d->digest) < 0) {
+        free(path);
+        return vs_fail(err, -ENOMEM, "out of memory");
+    }
+    int rc = fetch_path(s, path, manifest ? ACCEPT_MANIFESTS : NULL, what, out, err);
+    if (rc == 0 && d->media_type)
+        snprintf(out->media_type, sizeof(out->media_type), "%s", d->media_type);
+    free(path);
+    free(what);
+    return rc;
+}
+
+static int registry_stream(struct image_source *base, const struct image_descriptor *d, image_chunk_fn fn,
+                           void *ctx, struct vs_error *err)
+{
+    struct registry_source *s = (struct registry_source *)base;
+    char *path, *what;
+    if (asprintf(&path, "blobs/%s", d->digest) < 0)
+        return vs_fail(err, -ENOMEM, "out of memory");
+    if (asprintf(&what, "blob %s", d->digest) < 0) {
+        free(path);
+        return vs_fail(err, -ENOMEM, "out of memory");
+    }
+    struct response r = {.s = s, .err = err, .fn = fn, .ctx = ctx, .body_max = 0};
+    int rc = registry_get(s, path, NULL, what, &r, err);
+    response_reset(&r);
+    free(path);
+    free(what);
+    return rc;
+}
+
+static void registry_free(struct image_source *base)
+{
+    struct registry_source *s = (struct registry_source *)base;
+    if (s->basic)
+        explicit_bzero(s->basic, strlen(s->basic));
+    if (s->auth)
+        explicit_bzero(s->auth, strlen(s->auth));
+    free(s->basic), free(s->auth), free(s->host), free(s->api_host), free(s->repo), free(s->tag),
+        free(s->digest);
+    free(s->scheme), free(s->ca_file), free(s->base.name);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+static const struct image_source_ops registry_ops = {registry_resolve, registry_fetch, registry_stream,
+                                                     registry_free};
+
+static char *base64(const char *in)
+{
+    size_t n = strlen(in);
+    char *out = malloc(4 * ((n + 2) / 3) + 1);
+    if (out)
+        EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)in, (int)n);
+    return out;
+}
+
+/* base64(user:password) for host from a docker config.json's auths, or NULL. */
+static char *docker_config_auth(const char *host)
+{
+    char *path = NULL;
+    const char *dc = getenv("DOCKER_CONFIG");
+    const char *home = getenv("HOME");
+    if (dc && asprintf(&path, "%s/config.json", dc) < 0)
+        path = NULL;
+    else if (!dc && home && asprintf(&path, "%s/.docker/config.json", home) < 0)
+        path = NULL;
+    if (!path)
+        return NULL;
+    char *data;
+    size_t len;
+    struct vs_error e = {0};
+    int rc = image_read_file(path, 4 << 20, &data, &len, &e);
+    free(path);
+    if (rc < 0)
+        return NULL;
+    json_t *j = json_loadb(data, len, 0, NULL);
+    explicit_bzero(data, len);
+    free(data);
+    json_t *auths = json_object_get(j, "auths");
+    char *result = NULL;
+    const char *key;
+    json_t *v;
+    json_object_foreach(auths, key, v)
+    {
+        /* Keys are "host", "https://host", "http://host/v1/"... ; docker.io is "https://index.docker.io/v1/".
+         */
+        const char *k = key;
+        if (strncmp(k, "https://", 8) == 0)
+            k += 8;
+        else if (strncmp(k, "http://", 7) == 0)
+            k += 7;
+        size_t kl = strcspn(k, "/");
+        bool match = (strlen(host) == kl && strncmp(k, host, kl) == 0) ||
+                     (strcmp(host, "docker.io") == 0 && kl == 15 && strncmp(k, "index.docker.io", 15) == 0);
+        if (!match)
+            continue;
+        const char *auth = json_string_value(json_object_get(v, "auth"));
+        const char *user = json_string_value(json_object_get(v, "username"));
+        const char *pass = json_string_value(json_object_get(v, "password"));
+        if (auth && auth[0]) {
+            result = strdup(auth);
+        } else if (user && pass) {
+            char *up;
+            if (asprintf(&up, "%s:%s", user, pass) >= 0) {
+                result = base64(up);
+                explicit_bzero(up, strlen(up));
+                free(up);
+            }
+        }
+        break;
+    }
+    json_decref(j);
+    return result;
+}
+
+/* REGISTRY/REPO[:TAG|@DIGEST]; a first component without '.' or ':' (and not localhost) means docker.io. */
+static int parse_reference(struct registry_source *s, const char *ref, struct vs_error *err)
+{
+    char *r = strdup(ref);
+    char *at = strchr(r, '@');
+    if (at) {
+        *at = '\0';
+        if (!image_digest_valid(at + 1)) {
+            free(r);
+            return vs_fail(err, -EINVAL, "reference '%s': bad digest (sha256:<64 hex> expected)", ref);
+        }
+        s->digest = strdup(at + 1);
+    }
+    char *slash = strchr(r, '/');
+    char *rest = r;
+    if (slash && (memchr(r, '.', (size_t)(slash - r)) || memchr(r, ':', (size_t)(slash - r)) ||
+                  strncmp(r, "localhost/", 10) == 0)) {
+        s->host = strndup(r, (size_t)(slash - r));
+        rest = slash + 1;
+    } else {
+        s->host = strdup("docker.io");
+    }
+    char *colon = strrchr(rest, ':');
+    if (colon) {
+        *colon = '\0';
+        s->tag = strdup(colon + 1);
+    }
+    if (!s->digest && !s->tag)
+        s->tag = strdup("latest");
+    if (strcmp(s->host, "docker.io") == 0 && !strchr(rest, '/')) {
+        if (asprintf(&s->repo, "library/%s", rest) < 0)
+            s->repo = NULL;
+    } else {
+        s->repo = strdup(rest);
+    }
+    s->api_host = strdup(strcmp(s->host, "docker.io") == 0 ? "registry-1.docker.io" : s->host);
+    free(r);
+    if (!s->repo || !s->repo[0] || (s->tag && !s->tag[0]))
+        return vs_fail(err, -EINVAL, "reference '%s' is not REGISTRY/REPO[:TAG|@DIGEST]", ref);
+    for (const char *p = s->repo; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || strchr("._-/", *p)))
+            return vs_fail(err, -EINVAL,
+                           "reference '%s': repository '%s' has characters the distribution API "
+                           "does not allow",
+                           ref, s->repo);
+    return 0;
+}
+
+static void curl_init_once(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int image_source_registry_open(const char *reference, const struct registry_options *opts,
+                               struct image_source **out, struct vs_error *err)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, curl_init_once);
+    struct registry_source *s = calloc(1, sizeof(*s));
+    s->base.ops = &registry_ops;
+    s->base.name = strdup(reference);
+    pthread_mutex_init(&s->lock, NULL);
+    s->retries = opts->retries;
+    s->scheme = strdup(opts->plain_http ? "http" : "https");
+    s->ca_file = opts->ca_file ? strdup(opts->ca_file) : NULL;
+    int rc = parse_reference(s, reference, err);
+    if (rc < 0) {
+        registry_free(&s->base);
+        return rc;
+    }
+    if (opts->username && opts->password) {
+        char *up;
+        if (asprintf(&up, "%s:%s", opts->username, opts->password) >= 0) {
+            s->basic = base64(up);
+            explicit_bzero(up, strlen(up));
+            free(up);
+        }
+    } else {
+        s->basic = docker_config_auth(s->host);
+    }
+    *out = &s->base;
+    return 0;
+}
