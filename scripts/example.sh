@@ -38,7 +38,8 @@ python3 "$top/tests/e2e/make_image.py" "$work/image.tar" example.local/veritysna
 
 echo "== starting veritysnapd and containerd"
 # This example runs anywhere, including kernels without device-mapper; production nodes keep verity = "require".
-"$vsd" --root "$work/veritysnap" --address "$work/veritysnap.sock" --verity auto 2>"$work/veritysnapd.log" &
+"$vsd" --root "$work/veritysnap" --address "$work/veritysnap.sock" --verity auto \
+    --containerd-address "$work/containerd.sock" 2>"$work/veritysnapd.log" &
 daemon_pid=$!
 cat >"$work/containerd.toml" <<EOF
 version = 2
