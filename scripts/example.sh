@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job on a built-in example: installs dependencies, builds, starts Debian's containerd (own root, state and
 # socket under a temp dir) with veritysnapd as its proxy snapshotter, imports an example image with
-# --snapshotter veritysnap, runs a container from it with runc, prints each layer's dm-verity root hash, and cleans
-# up everything on exit. Usage (as root): scripts/example.sh
+# --snapshotter veritysnap (layers extracted by containerd, converted at Commit), pre-pulls the same image with
+# `veritysnap pull` into a second namespace (layers converted straight from their blobs), runs containers from
+# both with runc, prints each layer's dm-verity root hash and checks that the pulled ones equal what a policy author
+# computes offline with `veritysnap image roothash`; cleans up everything on exit. Usage (as root): scripts/example.sh
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 "$top/scripts/install-deps.sh"
@@ -71,11 +73,32 @@ echo "== ctr run --snapshotter veritysnap (runc)"
 ctr run --rm --snapshotter veritysnap example.local/veritysnap/demo:1 demo \
     /bin/busybox sh -c 'echo "hello from a container on verity-protected layers"; ls /; cat /etc/os-release 2>/dev/null | head -3'
 
-echo "== each layer's dm-verity root hash (label containerd.io/snapshot/veritysnap.root-hash)"
-ctr snapshots --snapshotter veritysnap ls | awk 'NR > 1 && $NF == "Committed" {print $1}' | while read -r key; do
-    ctr snapshots --snapshotter veritysnap info "$key" | python3 -c '
+echo "== veritysnap pull (blob path: every layer converted from its blob, reproducibly)"
+"$vs" pull --quiet --namespace pulled --containerd-address "$work/containerd.sock" \
+    --oci-archive "$work/image.tar" --name example.local/veritysnap/demo:1
+command ctr -a "$work/containerd.sock" -n pulled run --rm --snapshotter veritysnap \
+    example.local/veritysnap/demo:1 demo2 /bin/busybox echo "hello from a pre-pulled image"
+
+echo "== each layer's dm-verity root hash (snapshot label containerd.io/snapshot/veritysnap.root-hash)"
+"$vs" image roothash --quiet --oci-archive "$work/image.tar" >"$work/offline.json"
+command ctr -a "$work/containerd.sock" -n pulled snapshots --snapshotter veritysnap ls |
+    awk 'NR > 1 && $NF == "Committed" {print $1}' | while read -r key; do
+    command ctr -a "$work/containerd.sock" -n pulled snapshots --snapshotter veritysnap info "$key"
+done | python3 -c '
 import json, sys
-info = json.load(sys.stdin)
-print(info["Name"], "root-hash", info.get("Labels", {}).get("containerd.io/snapshot/veritysnap.root-hash"))'
-done
+offline = {l["chain_id"]: l["root_hash"] for l in json.load(open(sys.argv[1]))["layers"]}
+text, depth, start, ok = sys.stdin.read(), 0, 0, True
+for i, c in enumerate(text):  # ctr prints one JSON object per snapshot
+    depth += c == "{"
+    depth -= c == "}"
+    if c == "}" and depth == 0:
+        info = json.loads(text[start:i + 1])
+        start = i + 1
+        node = info["Labels"]["containerd.io/snapshot/veritysnap.root-hash"]
+        chain = info["Name"]
+        same = offline.get(chain) == node
+        ok &= same
+        verdict = "= offline" if same else "DIFFERS from offline " + str(offline.get(chain))
+        print(chain, node, verdict)
+sys.exit(0 if ok else 1)' "$work/offline.json"
 echo "== done: everything under $work is removed on exit"
