@@ -1,5 +1,5 @@
-/* veritysnap image roothash: per-layer root hashes of a whole image, from a layout, an archive or a registry.
- */
+/* veritysnap image roothash: per-layer root hashes of a whole image, from a layout, an archive, a registry or
+ * containerd's content store. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -17,6 +17,7 @@ static const char image_usage[] =
     "       veritysnap image roothash [options] --oci-archive FILE [--ref NAME]\n"
     "       veritysnap image roothash [options] --docker-archive FILE [--ref REPO:TAG]\n"
     "       veritysnap image roothash [options] REGISTRY/REPO[:TAG|@DIGEST]\n"
+    "       veritysnap image roothash [options] --containerd-address SOCK [--namespace NS] IMAGE\n"
     "Prints, as one JSON object, the image's manifest and config digests, its platform and, per layer, its "
     "digest,\n"
     "diff ID, chain ID and every key convert prints (root_hash, verity parameters). Each blob's digest and "
@@ -41,6 +42,9 @@ static const char image_usage[] =
     "~/.docker/config.json)\n"
     "  --password-stdin          read the password from the first line of stdin\n"
     "  --retries N               retries on 5xx and connection errors (default 4, with backoff)\n"
+    "containerd (an image already in its content store, read over its gRPC API; nothing is pulled):\n"
+    "  --containerd-address SOCK containerd's socket; IMAGE is the name of the image record\n"
+    "  --namespace NS            containerd namespace (default k8s.io, CRI's; ctr uses default)\n"
     "layer files:\n" LAYER_OPTIONS_HELP;
 
 enum {
@@ -60,6 +64,8 @@ enum {
     OPT_USERNAME,
     OPT_PASSWORD_STDIN,
     OPT_RETRIES,
+    OPT_CONTAINERD_ADDRESS,
+    OPT_NAMESPACE,
     OPT_IMAGE_HELP,
 };
 
@@ -86,6 +92,7 @@ static int image_roothash(int argc, char **argv)
     struct registry_options ro = {.retries = 4};
     const char *oci_layout = NULL, *oci_archive = NULL, *docker_archive = NULL, *ref = NULL;
     const char *layers_cache = NULL, *genpolicy_cache = NULL;
+    const char *containerd_address = NULL, *ns = NULL;
     bool quiet = false, password_stdin = false;
     static const struct option longopts[] = {
         {"oci-layout", required_argument, NULL, OPT_OCI_LAYOUT},
@@ -104,6 +111,8 @@ static int image_roothash(int argc, char **argv)
         {"username", required_argument, NULL, OPT_USERNAME},
         {"password-stdin", no_argument, NULL, OPT_PASSWORD_STDIN},
         {"retries", required_argument, NULL, OPT_RETRIES},
+        {"containerd-address", required_argument, NULL, OPT_CONTAINERD_ADDRESS},
+        {"namespace", required_argument, NULL, OPT_NAMESPACE},
         {"help", no_argument, NULL, OPT_IMAGE_HELP},
         LAYER_LONG_OPTIONS,
         {NULL, 0, NULL, 0},
@@ -155,6 +164,12 @@ static int image_roothash(int argc, char **argv)
         case OPT_PASSWORD_STDIN:
             password_stdin = true;
             break;
+        case OPT_CONTAINERD_ADDRESS:
+            containerd_address = optarg;
+            break;
+        case OPT_NAMESPACE:
+            ns = optarg;
+            break;
         case OPT_JOBS:
             po.jobs = (int)strtol(optarg, &end, 10);
             if (*end || po.jobs < 1 || po.jobs > 1024)
@@ -184,11 +199,20 @@ static int image_roothash(int argc, char **argv)
     int inputs = !!oci_layout + !!oci_archive + !!docker_archive + !!registry_ref;
     if (inputs != 1 || optind + (registry_ref ? 1 : 0) != argc) {
         fputs(image_usage, stderr);
-        return tool_usage_error(
-            "give exactly one image: --oci-layout, --oci-archive, --docker-archive or a reference");
+        return tool_usage_error("give exactly one image: --oci-layout, --oci-archive, --docker-archive, a "
+                                "reference, or --containerd-address with an image name");
     }
+    if (containerd_address && !registry_ref)
+        return tool_usage_error("--containerd-address needs the image's name in containerd");
+    if (ns && !containerd_address)
+        return tool_usage_error("--namespace is for --containerd-address");
+    if (ns && !ns[0])
+        return tool_usage_error("--namespace must not be empty");
+    if (containerd_address && (ro.plain_http || ro.ca_file || ro.username))
+        return tool_usage_error("--plain-http, --ca-file and --username are for registries, not containerd");
     if (ref && registry_ref)
-        return tool_usage_error("--ref is for layouts and archives; put the tag in the reference");
+        return tool_usage_error("--ref is for layouts and archives; put the tag in the %s",
+                                containerd_address ? "image name" : "reference");
     if (sel.platform && sel.all_platforms)
         return tool_usage_error("--platform and --all-platforms exclude each other");
     if (!po.layer.verity && po.layer.tarfs.format != TARFS_FORMAT_TARFS)
@@ -226,6 +250,8 @@ static int image_roothash(int argc, char **argv)
         rc = image_source_oci_archive_open(oci_archive, ref, &src, &err);
     else if (docker_archive)
         rc = image_source_docker_archive_open(docker_archive, ref, &src, &err);
+    else if (containerd_address)
+        rc = image_source_containerd_open(containerd_address, ns ? ns : "k8s.io", registry_ref, &src, &err);
     else
         rc = image_source_registry_open(registry_ref, &ro, &src, &err);
     if (password) {

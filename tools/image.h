@@ -2,8 +2,8 @@
  * (index, manifest, config, layers), and turning every layer into a root hash in one streaming pass.
  *
  * An image source is one implementation of struct image_source_ops: an OCI layout directory, an oci-archive,
- * a docker-archive and a registry today. Adding one (the containerd content store, read over Content.Read
- * with the gRPC client) means writing image_source_containerd_open() that fills those four operations:
+ * a docker-archive, a registry and containerd's content store (read over Images.Get and Content.Read with the
+ * gRPC client, image_source_containerd.c). Each fills those four operations:
  *   resolve  the reference -> the top-level manifest or index (bytes, media type, digest);
  *   fetch    a small blob by descriptor (a manifest, an index, a config) into memory;
  *   stream   a layer blob by descriptor, pushed chunk by chunk to a callback (Content.Read responses map
@@ -93,6 +93,12 @@ struct registry_options {
  * from $DOCKER_CONFIG/config.json or ~/.docker/config.json (auths). */
 int image_source_registry_open(const char *reference, const struct registry_options *opts,
                                struct image_source **out, struct vs_error *err);
+
+/* An image in containerd's content store, read over its gRPC API at address (a socket path or unix:PATH): the
+ * record named ref in namespace ns (Images.Get; a docker-style short name is also tried as docker.io/...), its
+ * manifests and config through Content.Read, its layers streamed out of Content.Read. */
+int image_source_containerd_open(const char *address, const char *ns, const char *ref, struct image_source **out,
+                                 struct vs_error *err);
 
 void image_source_free(struct image_source *s);
 void image_blob_free(struct image_blob *b);

@@ -3,7 +3,7 @@
 blob alone (the per-layer converter, already checked against veritysetup and the kernel), python's hashlib for
 digests, diff IDs and chain IDs (OCI image spec), and for the registry tests Debian's distribution registry
 (`docker-registry`) fed by Debian's `skopeo`, with TLS from an openssl-made CA, htpasswd basic auth and a bearer-token
-front end served here.
+front end served here; the containerd test runs Debian's containerd 1.6 (as root) and imports with `ctr`.
 
 Usage: test_image.py VERITYSNAP_BINARY [TEST_NAME...]   (exit 77 when a needed tool is missing)
 """
@@ -654,9 +654,146 @@ def test_registry_bearer(tmp):
         reg.stop()
 
 
+# ---- containerd ----
+
+class Containerd:
+    """Debian's containerd 1.6 with its own root, state and socket under a temp dir (no CRI, nothing unpacked)."""
+
+    def __init__(self, tmp):
+        self.dir = tempfile.mkdtemp(prefix="ctd-", dir=tmp)
+        self.sock = f"{self.dir}/c.sock"
+        cfg = f"{self.dir}/containerd.toml"
+        with open(cfg, "w") as f:
+            f.write(f"""version = 2
+root = "{self.dir}/root"
+state = "{self.dir}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{self.sock}"
+[ttrpc]
+  address = "{self.sock}.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{self.dir}/opt"
+""")
+        self.log = open(f"{self.dir}/log", "w")
+        self.proc = subprocess.Popen(["containerd", "--config", cfg], stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        for _ in range(300):
+            if os.path.exists(self.sock) and self.ctr("version", check=False).returncode == 0:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError("containerd did not start: " + open(f"{self.dir}/log").read()[-3000:])
+
+    def ctr(self, *args, ns="default", check=True):
+        return run("ctr", "-a", self.sock, "-n", ns, *args, check=check)
+
+    def blob_path(self, digest):
+        return f"{self.dir}/root/io.containerd.content.v1.content/blobs/sha256/{digest[7:]}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def test_containerd(tmp):
+    """An image imported into containerd (ctr images import of an OCI archive: gzip, zstd and plain layers) gives
+    the same JSON as --oci-archive on that archive and as the registry (skopeo-pushed); namespaces are honoured; a
+    missing image names the reference; a corrupted blob in containerd's store is caught."""
+    if os.geteuid() != 0:
+        print("containerd needs root", file=sys.stderr)
+        return SKIP
+    if not need("containerd", "ctr", "docker-registry", "skopeo"):
+        return SKIP
+    lay, desc = three_layer_image(tmp)
+    arc = f"{tmp}/image.tar"
+    tar_dir(lay.path, arc)
+    other = Layout(f"{tmp}/other")   # another image under the same name, in another namespace
+    odesc = other.image([(layer_tar(7), "zstd"), (layer_tar(8), "gzip")], host_platform())
+    other.add(odesc, "v1")
+    other.write()
+    oarc = f"{tmp}/other.tar"
+    tar_dir(other.path, oarc)
+    want = expected(lay.images[desc["digest"]], tmp=tmp)
+    ctd = Containerd(tmp)
+    reg = Registry(tmp)
+    try:
+        name = "localhost/team/app:v1"
+        ctd.ctr("images", "import", "--no-unpack", "--base-name", "localhost/team/app", arc, ns="vsimg")
+        ctd.ctr("images", "import", "--no-unpack", "--base-name", "localhost/team/app", oarc, ns="vsimg-other")
+        ctd.ctr("images", "import", "--no-unpack", "--base-name", "docker.io/library/short", arc, ns="vsimg")
+        assert name in ctd.ctr("images", "ls", "-q", ns="vsimg").stdout.decode().split()
+        reg.push(lay.path, "v1", "team/app:v1")
+
+        got, _ = image_roothash("--containerd-address", ctd.sock, "--namespace", "vsimg", name)
+        check_layers(got, want)
+        arch, _ = image_roothash("--oci-archive", arc)
+        remote, _ = image_roothash("--plain-http", f"{reg.addr}/team/app:v1")
+        assert got["image"] == f"containerd:vsimg/{name}", got["image"]
+        for o in (arch, remote):
+            for k in ("manifest_digest", "config_digest", "platform", "layers"):
+                assert got[k] == o[k], f"{o['image']}: {k} differs:\n{got[k]}\n{o[k]}"
+        assert got["manifest_digest"] == desc["digest"]
+        assert [l["media_type"] for l in got["layers"]] == [MT_LAYER[c] for c in ("gzip", "zstd", "none")]
+        # other flags travel as for any source; unix: addresses work
+        t, _ = image_roothash("--containerd-address", "unix:" + ctd.sock, "--namespace", "vsimg", name,
+                              "--format", "tarfs", "--jobs", "1")
+        check_layers(t, expected(lay.images[desc["digest"]], "--format", "tarfs", tmp=tmp))
+        # docker-style short names resolve to docker.io/library/...
+        short, _ = image_roothash("--containerd-address", ctd.sock, "--namespace", "vsimg", "short:v1")
+        assert short["layers"] == got["layers"]
+
+        # the namespace is honoured: the same name is another image in vsimg-other, and absent from the default
+        o, _ = image_roothash("--containerd-address", ctd.sock, "--namespace", "vsimg-other", name)
+        assert o["manifest_digest"] == odesc["digest"] != got["manifest_digest"]
+        check_layers(o, expected(other.images[odesc["digest"]], tmp=tmp))
+        _, p = image_roothash("--containerd-address", ctd.sock, name, check=False)   # default: k8s.io
+        assert p.returncode == 2 and f"image '{name}' not found in containerd namespace 'k8s.io'".encode() \
+            in p.stderr, p.stderr
+
+        # a missing image: a clear error naming the reference (and the docker.io form tried)
+        _, p = image_roothash("--containerd-address", ctd.sock, "--namespace", "vsimg", "localhost/team/nothing:1",
+                              check=False)
+        assert p.returncode == 2 and b"image 'localhost/team/nothing:1' not found in containerd namespace 'vsimg'" \
+            in p.stderr, p.stderr
+        _, p = image_roothash("--containerd-address", ctd.sock, "--namespace", "vsimg", "nothing", check=False)
+        assert p.returncode == 2 and b"'nothing' not found" in p.stderr and b"docker.io/library/nothing:latest" \
+            in p.stderr, p.stderr
+        # no such socket; options of other sources
+        _, p = image_roothash("--containerd-address", f"{tmp}/none.sock", name, check=False)
+        assert p.returncode == 2 and b"none.sock" in p.stderr, p.stderr
+        _, p = image_roothash("--namespace", "x", f"{reg.addr}/team/app:v1", check=False)
+        assert p.returncode == 2 and b"--namespace is for --containerd-address" in p.stderr, p.stderr
+
+        # a blob corrupted in containerd's content store: exit 1, the layer and the digest named
+        blob = lay.images[desc["digest"]]["layers"][1][0]
+        path = ctd.blob_path(sha(blob))
+        os.chmod(path, 0o644)
+        bad = bytearray(blob)
+        bad[len(bad) // 2] ^= 0x40
+        with open(path, "wb") as f:
+            f.write(bad)
+        _, p = image_roothash("--containerd-address", ctd.sock, "--namespace", "vsimg", name, check=False)
+        msg = p.stderr.decode()
+        assert p.returncode == 1 and "layer 1" in msg and sha(blob) in msg, (p.returncode, msg)
+    finally:
+        reg.stop()
+        ctd.stop()
+
+
 TESTS = [test_oci_layout, test_oci_archive, test_docker_archive, test_multi_platform, test_output_dir,
          test_corrupt_blob, test_diff_id_mismatch, test_media_types, test_layers_cache, test_registry_plain,
-         test_registry_tls_basic, test_registry_bearer]
+         test_registry_tls_basic, test_registry_bearer, test_containerd]
 
 
 def main():
