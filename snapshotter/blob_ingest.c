@@ -39,7 +39,8 @@ struct blob_ingest {
     struct blob_job *jobs; /* under the snapshotter's lock */
     pthread_cond_t done;   /* signalled (with the snapshotter's lock) when a job ends */
     pthread_mutex_t count_lock;
-    uint64_t blob_conversions, directory_conversions;
+    uint64_t blob_conversions, directory_conversions, tarfs_conversions; /* erofs from blobs, erofs from
+                                                                               * directories, tarfs (from blobs) */
 };
 
 int blob_ingest_new(const struct snapshotter_content *content, struct blob_ingest **out, struct vs_error *err)
@@ -65,22 +66,27 @@ void blob_ingest_free(struct blob_ingest *b)
     free(b);
 }
 
-void blob_ingest_count(struct snapshotter *s, bool blob, const char *key, const char *root_hash)
+void blob_ingest_count(struct snapshotter *s, bool blob, const char *format, const char *key, const char *root_hash)
 {
     struct blob_ingest *b = s->blob;
     if (!b)
         return;
+    bool tarfs = format && strcmp(format, "tarfs") == 0;
     pthread_mutex_lock(&b->count_lock);
-    if (blob)
+    if (tarfs)
+        b->tarfs_conversions++;
+    else if (blob)
         b->blob_conversions++;
     else
         b->directory_conversions++;
-    char nb[32], nd[32];
+    char nb[32], nd[32], nt[32];
     snprintf(nb, sizeof(nb), "%llu", (unsigned long long)b->blob_conversions);
     snprintf(nd, sizeof(nd), "%llu", (unsigned long long)b->directory_conversions);
+    snprintf(nt, sizeof(nt), "%llu", (unsigned long long)b->tarfs_conversions);
     pthread_mutex_unlock(&b->count_lock);
-    vs_log(VS_LOG_INFO, "layer converted", "source", blob ? "blob" : "directory", "key", key, "root_hash",
-           root_hash ? root_hash : "", "blob_conversions", nb, "directory_conversions", nd, NULL);
+    vs_log(VS_LOG_INFO, "layer converted", "source", blob ? "blob" : "directory", "format", format ? format : "erofs",
+           "key", key, "root_hash", root_hash ? root_hash : "", "blob_conversions", nb, "directory_conversions", nd,
+           "tarfs_conversions", nt, NULL);
 }
 
 /* ---- helpers ---- */
@@ -177,9 +183,11 @@ static int chain_id_of_snapshot(struct snapshotter *s, int64_t id, char out[80],
 /* A committed snapshot with ref label chain and parent `parent` ("" for none): its name into found (may be
  * NULL). Caller holds the lock. */
 static int find_committed(struct snapshotter *s, const char *chain, const char *parent, bool *exists,
-                          struct vs_error *err)
+                          char *found, size_t found_cap, struct vs_error *err)
 {
     *exists = false;
+    if (found && found_cap)
+        found[0] = '\0';
     sqlite3_stmt *st;
     int rc = store_prepare(s, &st,
                            "SELECT s.key FROM snapshots s JOIN labels l ON l.snapshot_id = s.id AND l.key = ? "
@@ -193,6 +201,8 @@ static int find_committed(struct snapshotter *s, const char *chain, const char *
     sqlite3_bind_text(st, 3, parent ? parent : "", -1, SQLITE_STATIC);
     int step = sqlite3_step(st);
     *exists = step == SQLITE_ROW;
+    if (step == SQLITE_ROW && found && found_cap)
+        snprintf(found, found_cap, "%s", (const char *)sqlite3_column_text(st, 0));
     if (step != SQLITE_ROW && step != SQLITE_DONE)
         rc = store_fail(s, err, "looking for a committed snapshot of %s", chain);
     sqlite3_finalize(st);
@@ -314,6 +324,226 @@ static int sync_dir(const char *path, struct vs_error *err)
         rc = vs_fail(err, -errno, "syncing '%s': %s", path, strerror(errno));
     if (fd >= 0)
         close(fd);
+    return rc;
+}
+
+/* ---- jobs: one conversion per id at a time ---- */
+
+static bool job_in_flight(struct blob_ingest *b, const char *id)
+{
+    for (struct blob_job *q = b->jobs; q; q = q->next)
+        if (strcmp(q->id, id) == 0)
+            return true;
+    return false;
+}
+
+/* Caller holds the lock. */
+static void job_end(struct snapshotter *s, struct blob_job *job)
+{
+    struct blob_ingest *b = s->blob;
+    for (struct blob_job **p = &b->jobs; *p; p = &(*p)->next) {
+        if (*p == job) {
+            *p = job->next;
+            break;
+        }
+    }
+    pthread_cond_broadcast(&b->done);
+}
+
+/* ---- the tarfs form of a committed layer (kata-tardev) ---- */
+
+/* What the tarfs conversion of committed snapshot `key` needs: whether its tarfs row exists, its blob digest (the
+ * erofs row's, or the cri.layer-digest label) and its diff ID (the erofs row's, known for blob-path layers).
+ * Caller holds the lock. */
+static int tarfs_needs(struct snapshotter *s, const char *key, bool *have, char digest[80], char diff_id[80],
+                       struct vs_error *err)
+{
+    *have = false;
+    digest[0] = diff_id[0] = '\0';
+    sqlite3_stmt *st;
+    int rc = store_prepare(s, &st,
+                           "SELECT (SELECT 1 FROM layers WHERE snapshot_id = s.id AND format = 'tarfs'), "
+                           "(SELECT blob_digest FROM layers WHERE snapshot_id = s.id AND format = 'erofs'), "
+                           "(SELECT diff_id FROM layers WHERE snapshot_id = s.id AND format = 'erofs'), "
+                           "(SELECT value FROM labels WHERE snapshot_id = s.id AND key = ?) "
+                           "FROM snapshots s WHERE s.key = ? AND s.kind = 3",
+                           err);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_text(st, 1, SNAPSHOT_LABEL_LAYER_DIGEST, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        *have = sqlite3_column_type(st, 0) != SQLITE_NULL;
+        const char *bd = (const char *)sqlite3_column_text(st, 1), *di = (const char *)sqlite3_column_text(st, 2),
+                   *lab = (const char *)sqlite3_column_text(st, 3);
+        if (is_sha256_digest(bd))
+            snprintf(digest, 80, "%s", bd);
+        else if (is_sha256_digest(lab))
+            snprintf(digest, 80, "%s", lab);
+        if (is_sha256_digest(di))
+            snprintf(diff_id, 80, "%s", di);
+    } else if (step == SQLITE_DONE) {
+        rc = -ENOENT;
+    } else {
+        rc = store_fail(s, err, "reading the layers of '%s'", key);
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Logs a tarfs conversion with its root hash. */
+static void count_tarfs(struct snapshotter *s, const char *key)
+{
+    char root[2 * VERITY_MAX_DIGEST + 1] = "";
+    sqlite3_stmt *st;
+    pthread_mutex_lock(&s->lock);
+    if (store_prepare(s, &st,
+                      "SELECT l.root_hash FROM layers l JOIN snapshots s ON s.id = l.snapshot_id "
+                      "WHERE s.key = ? AND l.format = 'tarfs'",
+                      NULL) == 0) {
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+            snprintf(root, sizeof(root), "%s", (const char *)sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->lock);
+    blob_ingest_count(s, true, "tarfs", key, root);
+}
+
+/* Makes sure committed snapshot `key` has its tarfs row, building it from the layer blob when the blob is in the
+ * content store of namespace ns (or of the namespace in key). 0: it has one now; 1: it cannot (no blob digest or
+ * diff ID recorded, the blob is gone, or layers/<h> belongs to another snapshot of the same chain ID); <0: the
+ * conversion failed. Concurrent calls for one snapshot convert once. No lock held on entry or exit. */
+static int ensure_tarfs(struct snapshotter *s, const char *ns, const char *key, struct vs_error *err)
+{
+    struct blob_ingest *b = s->blob;
+    if (!b || !b->content.info)
+        return 1;
+    char job_id[700], digest[80], diff_id[80];
+    snprintf(job_id, sizeof(job_id), "tarfs\n%s", key);
+    struct blob_job job = {.id = job_id};
+    bool have = false;
+    pthread_mutex_lock(&s->lock);
+    int rc;
+    for (;;) {
+        rc = tarfs_needs(s, key, &have, digest, diff_id, err);
+        if (rc < 0 || have || !job_in_flight(b, job_id))
+            break;
+        pthread_cond_wait(&b->done, &s->lock);
+    }
+    if (rc == 0 && !have && digest[0] && diff_id[0]) {
+        job.next = b->jobs;
+        b->jobs = &job;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (rc == -ENOENT)
+        return 1;
+    if (rc < 0 || have)
+        return rc;
+    if (!digest[0] || !diff_id[0]) {
+        vs_log(VS_LOG_WARN, "kata-tardev: no tarfs form possible for a layer that did not come from its blob", "key",
+               key, NULL);
+        return 1;
+    }
+
+    char key_ns[256] = "";
+    split_backend_key(key, key_ns, sizeof(key_ns), NULL);
+    const char *try_ns[2] = {ns, key_ns};
+    rc = 1;
+    for (int i = 0; i < 2 && rc == 1; i++) {
+        if (!try_ns[i] || !try_ns[i][0] || (i == 1 && try_ns[0] && strcmp(try_ns[0], try_ns[1]) == 0))
+            continue;
+        int64_t size = 0;
+        struct vs_error ierr;
+        vs_error_clear(&ierr);
+        if (b->content.info(b->content.ctx, try_ns[i], digest, &size, &ierr) < 0)
+            continue;
+        int fd = -1;
+        void *stream = NULL;
+        rc = b->content.open(b->content.ctx, try_ns[i], digest, size, &fd, &stream, err);
+        if (rc < 0)
+            break;
+        rc = snapshotter_layer_add_tarfs(s, key, fd, digest, diff_id, err);
+        struct vs_error cerr;
+        vs_error_clear(&cerr);
+        int crc = b->content.close(b->content.ctx, stream, rc == 0, &cerr);
+        /* The tarfs row is recorded only when the bytes gave the recorded diff ID, so a stream error after that
+         * (trailing bytes of a compressed blob) does not make the file wrong; a stream error before is the cause. */
+        if (rc < 0 && crc < 0 && err)
+            *err = cerr;
+        if (rc == -EEXIST) {
+            vs_log(VS_LOG_WARN, "kata-tardev: the tarfs file of this chain ID belongs to another snapshot", "key", key,
+                   "error", err ? err->message : "", NULL);
+            rc = 1;
+            break;
+        }
+        if (rc < 0)
+            vs_error_prefix(err, "tarfs form of layer '%s' from blob %s (namespace %s)", key, digest, try_ns[i]);
+        else
+            count_tarfs(s, key);
+    }
+    if (rc == 1)
+        vs_log(VS_LOG_WARN, "kata-tardev: the layer blob is not in containerd's content store, no tarfs form", "key",
+               key, "digest", digest, NULL);
+    pthread_mutex_lock(&s->lock);
+    job_end(s, &job);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int blob_ingest_tarfs_chain(struct snapshotter *s, const struct snapshot_call *call, const char *key,
+                            const char *parent, struct vs_error *err)
+{
+    if (!s->blob || !s->blob->content.info)
+        return 0;
+    char ns[256];
+    namespace_of(call, key ? key : "", ns, sizeof(ns));
+    /* The chain's committed keys, topmost first; from key's own parent when no parent is given (Mounts). */
+    char **keys = NULL;
+    size_t n = 0, cap = 0;
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st;
+    int rc = store_prepare(s, &st,
+                           "WITH RECURSIVE chain(id, key, parent_id, depth) AS ("
+                           " SELECT id, key, parent_id, 0 FROM snapshots WHERE key = ?1 AND ?2 = 1"
+                           " UNION ALL SELECT id, key, parent_id, 0 FROM snapshots"
+                           "  WHERE ?2 = 0 AND id = (SELECT parent_id FROM snapshots WHERE key = ?1)"
+                           " UNION ALL SELECT s.id, s.key, s.parent_id, c.depth + 1 FROM snapshots s"
+                           "  JOIN chain c ON s.id = c.parent_id WHERE c.depth < 10000)"
+                           " SELECT key FROM chain ORDER BY depth",
+                           err);
+    if (rc == 0) {
+        bool from_parent = parent && parent[0];
+        sqlite3_bind_text(st, 1, from_parent ? parent : (key ? key : ""), -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 2, from_parent ? 1 : 0);
+        while (rc == 0 && sqlite3_step(st) == SQLITE_ROW) {
+            if (n == cap) {
+                cap = cap ? 2 * cap : 16;
+                char **grown = realloc(keys, cap * sizeof(*keys));
+                if (!grown) {
+                    rc = vs_fail(err, -ENOMEM, "out of memory");
+                    break;
+                }
+                keys = grown;
+            }
+            keys[n] = strdup((const char *)sqlite3_column_text(st, 0));
+            if (!keys[n])
+                rc = vs_fail(err, -ENOMEM, "out of memory");
+            else
+                n++;
+        }
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->lock);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        int r = ensure_tarfs(s, ns, keys[i], err);
+        if (r < 0)
+            rc = vs_error_prefix(err, "snapshot '%s'", key ? key : "");
+    }
+    for (size_t i = 0; i < n; i++)
+        free(keys[i]);
+    free(keys);
     return rc;
 }
 
@@ -439,7 +669,7 @@ static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j
     pthread_mutex_unlock(&s->lock);
     snap_remove_tree(tmpdir, NULL);
     if (rc == 0)
-        blob_ingest_count(s, true, committed, root_hex);
+        blob_ingest_count(s, true, "erofs", committed, root_hex);
     return rc;
 }
 
@@ -461,6 +691,8 @@ int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call,
     char job_id[400];
     snprintf(job_id, sizeof(job_id), "%s\n%s", j.chain, j.parent);
     struct blob_job job = {.id = job_id};
+    char committed[600] = "";
+    bool tardev = call && call->dialect == SNAPSHOT_DIALECT_KATA_TARDEV;
     pthread_mutex_lock(&s->lock);
     int rc = 0;
     for (;;) {
@@ -468,19 +700,19 @@ int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call,
          * A match from another namespace is fine: containerd records whatever backend snapshot the walk finds,
          * and its garbage collector counts references across namespaces. */
         bool exists = false;
-        rc = find_committed(s, j.chain, j.parent, &exists, err);
+        rc = find_committed(s, j.chain, j.parent, &exists, committed, sizeof(committed), err);
         if (rc < 0)
             break;
         if (exists) {
             rc = vs_fail(err, -EEXIST, "snapshot '%s': layer %s is committed already (blob path)", key, j.chain);
             break;
         }
-        struct blob_job *q = b->jobs;
-        while (q && strcmp(q->id, job_id) != 0)
-            q = q->next;
-        if (!q)
+        if (!job_in_flight(b, job_id))
             break;
-        pthread_cond_wait(&b->done, &s->lock); /* another Prepare converts this layer: wait for it */
+        /* another Prepare converts this layer: wait for it */
+        vs_log(VS_LOG_INFO, "blob path: waiting for the conversion of this layer by another Prepare", "key", key,
+               "chain_id", j.chain, NULL);
+        pthread_cond_wait(&b->done, &s->lock);
     }
     if (rc == 0) {
         /* The directory path reports a missing or uncommitted parent, or an existing key, with the right codes. */
@@ -503,13 +735,22 @@ int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call,
         s->commits_in_flight++;
     }
     pthread_mutex_unlock(&s->lock);
+    if (rc == -EEXIST && tardev && committed[0]) {
+        /* Converted already (for another socket, say): the kata-tardev socket needs its tarfs form too. */
+        struct vs_error terr;
+        vs_error_clear(&terr);
+        int trc = ensure_tarfs(s, j.ns, committed, &terr);
+        if (trc < 0 && err)
+            *err = terr;
+        if (trc < 0)
+            return vs_error_prefix(err, "snapshot '%s': layer %s", key, j.chain);
+    }
     if (rc != 0)
         return rc;
 
     struct vs_error ierr;
     vs_error_clear(&ierr);
     int irc = b->content.info(b->content.ctx, j.ns, j.digest, &j.size, &ierr);
-    char committed[600] = "";
     if (irc == -ENOENT) {
         rc = 1; /* not fetched yet: the directory path, and Commit converts from the blob */
     } else if (irc < 0) {
@@ -518,6 +759,9 @@ int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call,
         rc = 1;
     } else {
         rc = convert_and_commit(s, &j, labels, label_count, committed, sizeof(committed), err);
+        int trc = 0;
+        if (rc == 0 && tardev && (trc = ensure_tarfs(s, j.ns, committed, err)) < 0)
+            rc = trc; /* the erofs form stays committed: it is right, only the tarfs form failed */
         if (rc < 0)
             vs_error_prefix(err, "snapshot '%s': layer %s (chain ID %s) from containerd's content store (namespace %s)",
                             key, j.digest, j.chain, j.ns);
@@ -528,13 +772,7 @@ int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call,
 
     pthread_mutex_lock(&s->lock);
     s->commits_in_flight--;
-    for (struct blob_job **p = &b->jobs; *p; p = &(*p)->next) {
-        if (*p == &job) {
-            *p = job.next;
-            break;
-        }
-    }
-    pthread_cond_broadcast(&b->done);
+    job_end(s, &job);
     pthread_mutex_unlock(&s->lock);
     return rc;
 }

@@ -37,7 +37,16 @@ int blob_ingest_commit(struct snapshotter *s, const char *key, const char *name,
                        const char *out_path, const struct layer_file_options *opts, struct layer_file_result *res,
                        struct blob_commit_source *src, struct vs_error *err);
 
-/* Counts a finished conversion and logs it with the running totals (blob_conversions, directory_conversions). */
-void blob_ingest_count(struct snapshotter *s, bool blob, const char *key, const char *root_hash);
+/* kata-tardev: makes sure every committed layer below a container snapshot has its tarfs form, building the missing
+ * ones from their blobs when those are still in containerd's content store (layers that came by the blob path: their
+ * digest and diff ID are recorded). The chain starts at parent, or at key's own parent when parent is NULL or empty.
+ * Layers it cannot build are left alone (the dialect's mounts then fail with FAILED_PRECONDITION); returns <0 only
+ * when a conversion failed. No lock held on entry or exit. */
+int blob_ingest_tarfs_chain(struct snapshotter *s, const struct snapshot_call *call, const char *key,
+                            const char *parent, struct vs_error *err);
+
+/* Counts a finished conversion (format "erofs" or "tarfs") and logs it with the running totals (blob_conversions
+ * and directory_conversions: erofs; tarfs_conversions). */
+void blob_ingest_count(struct snapshotter *s, bool blob, const char *format, const char *key, const char *root_hash);
 
 #endif

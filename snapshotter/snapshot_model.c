@@ -719,6 +719,9 @@ int snapshotter_prepare(struct snapshotter *s, const struct snapshot_call *call,
     int rc = blob_ingest_prepare(s, call, key, parent, labels, label_count, err);
     if (rc != 1)
         return rc;
+    if (call && call->dialect == SNAPSHOT_DIALECT_KATA_TARDEV && dialect_shapes(call->dialect, key) && parent &&
+        parent[0] && (rc = blob_ingest_tarfs_chain(s, call, key, parent, err)) < 0)
+        return rc;
     return create_snapshot(s, call ? call->dialect : SNAPSHOT_DIALECT_HOST, SNAPSHOT_KIND_ACTIVE, key, parent,
                            labels, label_count, out, err);
 }
@@ -727,6 +730,10 @@ int snapshotter_view(struct snapshotter *s, const struct snapshot_call *call, co
                      const struct snapshot_label *labels, size_t label_count, struct snapshot_mounts *out,
                      struct vs_error *err)
 {
+    int rc;
+    if (call && call->dialect == SNAPSHOT_DIALECT_KATA_TARDEV && dialect_shapes(call->dialect, key) && parent &&
+        parent[0] && (rc = blob_ingest_tarfs_chain(s, call, key, parent, err)) < 0)
+        return rc;
     return create_snapshot(s, call ? call->dialect : SNAPSHOT_DIALECT_HOST, SNAPSHOT_KIND_VIEW, key, parent,
                            labels, label_count, out, err);
 }
@@ -734,8 +741,11 @@ int snapshotter_view(struct snapshotter *s, const struct snapshot_call *call, co
 int snapshotter_mounts(struct snapshotter *s, const struct snapshot_call *call, const char *key,
                        struct snapshot_mounts *out, struct vs_error *err)
 {
-    (void)call;
     memset(out, 0, sizeof(*out));
+    int rc0;
+    if (call && call->dialect == SNAPSHOT_DIALECT_KATA_TARDEV && dialect_shapes(call->dialect, key) &&
+        (rc0 = blob_ingest_tarfs_chain(s, call, key, NULL, err)) < 0)
+        return rc0;
     pthread_mutex_lock(&s->lock);
     struct snap_row row;
     int rc = get_row(s, key ? key : "", &row, err);
@@ -926,7 +936,7 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     if (tmpdir[0])
         snap_remove_tree(tmpdir, NULL);
     if (rc == 0) {
-        blob_ingest_count(s, blob_src.blob, name, root_hex);
+        blob_ingest_count(s, blob_src.blob, "erofs", name, root_hex);
         char dir[PATH_MAX];
         snap_dir(s, row.id, NULL, dir, sizeof(dir));
         struct vs_error e = {0};
@@ -1005,8 +1015,11 @@ int snapshotter_remove(struct snapshotter *s, const struct snapshot_call *call, 
 int snapshotter_stat(struct snapshotter *s, const struct snapshot_call *call, const char *key,
                      struct snapshot_info *out, struct vs_error *err)
 {
-    (void)call;
     memset(out, 0, sizeof(*out));
+    int rc0;
+    if (call && call->dialect == SNAPSHOT_DIALECT_KATA_TARDEV && dialect_shapes(call->dialect, key) &&
+        (rc0 = blob_ingest_tarfs_chain(s, call, key, NULL, err)) < 0)
+        return rc0;
     pthread_mutex_lock(&s->lock);
     struct snap_row row;
     int rc = get_row(s, key ? key : "", &row, err);

@@ -198,6 +198,10 @@ static int unpack(struct pull *p, int *from_blob, int *applied, int *present, st
                 l->chain_id);
             (*from_blob)++;
         } else if (rc < 0) {
+            /* INVALID_ARGUMENT from the snapshotter (through containerd) is how the blob path refuses a layer
+             * (wrong diff ID, corrupt blob or archive): bad input, exit code 1. */
+            if (rc == -EINVAL && err)
+                err->code = -EBADMSG;
             return vs_error_prefix(err, "layer %zu (%s, blob %s)", i + 1, l->chain_id, l->desc.digest);
         } else {
             /* The snapshotter took the directory path (no blob path configured): apply, then commit. */

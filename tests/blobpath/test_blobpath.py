@@ -1,31 +1,48 @@
 #!/usr/bin/env python3
 """The blob path end to end: Debian's containerd 1.6 + runc + veritysnapd (with --containerd-address) + `veritysnap pull`.
 
-Usage (as root): test_blobpath.py --veritysnapd PATH --veritysnap PATH [--keep DIR] [--workdir DIR]
+Usage (as root): test_blobpath.py --veritysnapd PATH --veritysnap PATH [--commit-client PATH] [--big-mib N]
+                                  [--keep DIR] [--workdir DIR]
 
 Reuses tests/e2e (make_image.py for the images, test_e2e.py's process and manifest helpers). Images come from OCI
-archives (`veritysnap pull --oci-archive`): the registry client is another issue's; a registry run is in the docs.
-  1. image A (4 layers: gzip, plain tar, zstd, gzip) and image B (A's first 3 layers, its own config): both pulled
-     at once into namespace ns1: every layer converted from its blob (the daemon's "layer converted" lines all say
-     source=blob, directory_conversions stays 0), each shared layer converted exactly once
+archives (`veritysnap pull --oci-archive`), and in step 8 from Debian's docker-registry. The daemon serves two sockets
+(dialects host and kata-tardev, plugins veritysnap and veritysnap-tardev).
+  1. image A (4 layers: gzip with a --big-mib file, plain tar, zstd, gzip) and image B (A's first 3 layers, its own
+     config), their blobs imported first (ctr import --no-unpack): both pulled at once into namespace ns1: every
+     layer converted from its blob (the daemon's "layer converted" lines all say source=blob, directory_conversions
+     stays 0), each shared layer converted exactly once, a Prepare of the shared first layer waited for the other's
+     conversion and got ALREADY_EXISTS
   2. each layer's root hash (the snapshot label, and the store) equals `veritysnap convert` of the layer blob, the
      layer file is byte-identical to convert's output, and equals `veritysnap image roothash` of the archive
   3. `ctr run --snapshotter veritysnap` of A: its root filesystem equals the overlayfs snapshotter's (same image,
      imported with `ctr images import --snapshotter overlayfs`)
   4. a second pull of A does nothing and says so
   5. namespace ns2: A pulled again works (container runs)
+  7. kata-tardev (a second socket of the same daemon, plugin veritysnap-tardev): `veritysnap pull --snapshotter
+     veritysnap-tardev` of A (its layers already converted to erofs: their tarfs forms are added from the blobs) and
+     of E (fresh layers: erofs and tarfs from the blob at Prepare); `ctr snapshots prepare/mounts` of a container
+     snapshot prints the fuse3.kata-overlay options; each tarfs file is byte-identical to `veritysnap convert
+     --format tarfs` of its blob and its root hash equals the one in the options
+  8. a real registry: Debian's docker-registry on 127.0.0.1 fed by skopeo (from an OCI archive), `veritysnap pull
+     --plain-http 127.0.0.1:PORT/...` of an image with a fresh first layer, `ctr run --snapshotter veritysnap` of it,
+     a second pull that does nothing and says so (skipped with a note when docker-registry or skopeo is missing)
+  9. Commit from the blob (CRI's order: Prepare while the blob is absent, then the blob is fetched, then Commit),
+     driven straight over gRPC by blob_commit_client (--commit-client): two layers of a fresh image; each committed
+     layer row has source 'blob', its blob digest and diff ID, and its file equals `veritysnap convert` of the blob
   6. image C: A with a wrong diff ID for layer 2 in its config: pull fails, the error names the layer, nothing
      committed for it; image D (a distinct first layer) whose blob is corrupted on disk in containerd's content
      store: Prepare fails naming the layer, nothing committed
 Exit 0 pass, 1 fail, 77 cannot run here.
 """
 import argparse
+import base64
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -40,6 +57,7 @@ import test_e2e as e2e  # noqa: E402
 
 Fail, run, log, skip, Proc, wait_for = e2e.Fail, e2e.run, e2e.log, e2e.skip, e2e.Proc, e2e.wait_for
 PLUGIN = "veritysnap"
+TARDEV = "veritysnap-tardev"
 ROOT_HASH_LABEL = "containerd.io/snapshot/veritysnap.root-hash"
 
 
@@ -99,6 +117,7 @@ class BlobPath:
         self.sock = os.path.join(self.tmp, "c.sock")
         self.vs_root = os.path.join(self.tmp, "vs")
         self.vs_sock = os.path.join(self.tmp, "vs.sock")
+        self.tardev_sock = os.path.join(self.tmp, "vs-tardev.sock")
         self.runc_root = os.path.join(self.tmp, "runc")
         self.containerd = self.daemon = None
         self.failures = []
@@ -111,17 +130,23 @@ class BlobPath:
     def ctr(self, ns, *a, check=True, timeout=300):
         return run(["ctr", "-a", self.sock, "-n", ns] + list(a), check=check, timeout=timeout)
 
-    def pull(self, ns, archive, name, check=True):
+    def pull(self, ns, archive, name, check=True, snapshotter=PLUGIN):
         return run([self.args.veritysnap, "pull", "--namespace", ns, "--containerd-address", self.sock,
-                    "--snapshotter", PLUGIN, "--oci-archive", archive, "--name", name], check=check, timeout=900)
+                    "--snapshotter", snapshotter, "--oci-archive", archive, "--name", name], check=check, timeout=900)
 
     def start(self):
-        self.daemon = Proc("veritysnapd", [self.args.veritysnapd, "--root", self.vs_root, "--address", self.vs_sock,
+        cfg = os.path.join(self.tmp, "veritysnap.toml")
+        with open(cfg, "w") as f:
+            f.write('[[listen]]\naddress = "%s"\ndialect = "host"\n\n[[listen]]\naddress = "%s"\n'
+                    'dialect = "kata-tardev"\n' % (self.vs_sock, self.tardev_sock))
+        self.daemon = Proc("veritysnapd", [self.args.veritysnapd, "--config", cfg, "--root", self.vs_root,
                                            "--verity", "off", "--containerd-address", self.sock],
                            os.path.join(self.tmp, "veritysnapd.log"))
-        wait_for(lambda: os.path.exists(self.vs_sock), "the daemon's socket", self.daemon)
+        for s in (self.vs_sock, self.tardev_sock):
+            wait_for(lambda s=s: os.path.exists(s), "the daemon's socket " + s, self.daemon)
         shim = type("S", (), {})()
         shim.tmp, shim.sock, shim.builtin, shim.vs_sock = self.tmp, self.sock, None, self.vs_sock
+        shim.extra_config = '\n[proxy_plugins.%s]\n  type = "snapshot"\n  address = "%s"\n' % (TARDEV, self.tardev_sock)
         shim.ctr = lambda *a, **kw: run(["ctr", "-a", self.sock] + list(a), **kw)
         e2e.E2E.start_containerd(shim)
         self.containerd = shim.containerd
@@ -147,7 +172,8 @@ class BlobPath:
     def run_all(self):
         a_tar = os.path.join(self.tmp, "a.tar")
         info = json.loads(run([sys.executable, os.path.join(HERE, "..", "e2e", "make_image.py"), a_tar,
-                               "docker.io/library/vsblob-a:1", "--busybox", self.args.busybox]).stdout)
+                               "docker.io/library/vsblob-a:1", "--busybox", self.args.busybox, "--variant", "a",
+                               "--big-mib", str(self.args.big_mib)]).stdout)
         files = read_archive(a_tar)
         index = json.loads(files["index.json"])
         man = json.loads(files["blobs/sha256/" + index["manifests"][0]["digest"].split(":")[1]])
@@ -156,8 +182,11 @@ class BlobPath:
         b = derive_image(a_tar, b_tar, "docker.io/library/vsblob-b:1", keep=3)
         self.start()
 
-        # 1. two images sharing three layers, pulled at once
-        log("pulling A and B at once into ns1")
+        # 1. two images sharing three layers (the first one large), pulled at once; the blobs are in the content
+        # store already (ctr import --no-unpack), so that both unpacks reach the shared layer at the same moment
+        for tar in (a_tar, b_tar):
+            self.ctr("ns1", "images", "import", "--no-unpack", tar, timeout=600)
+        log("pulling A and B at once into ns1 (shared first layer of %d MiB)" % self.args.big_mib)
         results = {}
 
         def go(key, tar, name):
@@ -172,7 +201,7 @@ class BlobPath:
             if p.returncode != 0:
                 raise Fail("pull of %s failed (%d):\n%s\n%s" % (k, p.returncode, p.stdout, p.stderr))
             log("pull %s: %s" % (k, p.stdout.strip()))
-        conv = self.conversions()
+        conv = [c for c in self.conversions() if c.get("format", "erofs") == "erofs"]
         self.check(conv and all(c.get("source") == "blob" for c in conv),
                    "not every conversion was from a blob: %s" % conv)
         self.check(all(c.get("directory_conversions") == "0" for c in conv), "directory conversions happened: %s" % conv)
@@ -183,7 +212,16 @@ class BlobPath:
                    "converted chains %s, expected A's %s" % (sorted(per_chain), sorted(a["chain_ids"])))
         self.check(all(len(v) == 1 for v in per_chain.values()),
                    "a layer was converted more than once: %s" % {k: len(v) for k, v in per_chain.items()})
-        log("%d conversions, all from blobs, each layer once" % len(conv))
+        waits = [dict(re.findall(r'(\w+)=("[^"]*"|\S+)', line)) for line in self.daemon_log().splitlines()
+                 if "waiting for the conversion of this layer" in line]
+        waited = {w.get("chain_id", "").strip('"') for w in waits}
+        self.check(a["chain_ids"][0] in waited,
+                   "no Prepare waited for the shared first layer's conversion (waits: %s)" % sorted(waited))
+        said = results["a"].stderr + results["b"].stderr
+        self.check(said.count("layer 1/") >= 2 and "converted from its blob by the snapshotter" in said,
+                   "pull progress: %s" % said)
+        log("%d conversions, all from blobs, each layer once; %d Prepare(s) waited for another's conversion"
+            % (len(conv), len(waits)))
 
         # 2. root hashes and layer files against the offline tool
         db = sqlite3.connect(os.path.join(self.vs_root, "state.db"))
@@ -239,13 +277,22 @@ class BlobPath:
         log("ns2 container ran")
         self.check(all(c.get("source") == "blob" for c in self.conversions()), "ns2 took the directory path")
 
+        # 7. the kata-tardev socket
+        self.tardev(a_tar, a, files)
+
+        # 8. a real registry
+        self.registry()
+
+        # 9. Commit converting from the blob
+        self.commit_from_blob(db)
+
         # 6a. wrong diff ID in the config
         c_tar = os.path.join(self.tmp, "c.tar")
         c = derive_image(a_tar, c_tar, "docker.io/library/vsblob-c:1", wrong_diff=1)
         p = self.pull("ns3", c_tar, c["name"], check=False)
         msg = p.stdout + p.stderr
         log("pull of C (wrong diff ID): exit %d: %s" % (p.returncode, msg.strip()[-600:]))
-        self.check(p.returncode != 0, "pull of an image with a wrong diff ID succeeded")
+        self.check(p.returncode == 1, "pull of an image with a wrong diff ID: exit %d, not 1 (bad input)" % p.returncode)
         self.check(c["chain_ids"][1] in msg and a["layers"][1] in msg, "the error does not name the layer: %s" % msg)
         n = db.execute("SELECT COUNT(*) FROM labels WHERE key = 'containerd.io/snapshot.ref' AND value = ?",
                        (c["chain_ids"][1],)).fetchone()[0]
@@ -267,7 +314,7 @@ class BlobPath:
         p = self.pull("ns4", d_tar, dinfo["name"], check=False)
         msg = p.stdout + p.stderr
         log("pull of D (corrupted blob): exit %d: %s" % (p.returncode, msg.strip()[-600:]))
-        self.check(p.returncode != 0, "pull over a corrupted blob succeeded")
+        self.check(p.returncode == 1, "pull over a corrupted blob: exit %d, not 1 (bad input)" % p.returncode)
         self.check(dlayer in msg, "the error does not name the layer blob %s: %s" % (dlayer, msg))
         n = db.execute("SELECT COUNT(*) FROM labels WHERE key = 'containerd.io/snapshot.ref' AND value = ?",
                        (dinfo["chain_ids"][0],)).fetchone()[0]
@@ -275,7 +322,158 @@ class BlobPath:
         left = os.listdir(os.path.join(self.vs_root, "tmp"))
         self.check(not left, "files left in the daemon's tmp/: %s" % left)
 
+    def tardev(self, a_tar, a, a_files):
+        e_tar = os.path.join(self.tmp, "e.tar")
+        einfo = json.loads(run([sys.executable, os.path.join(HERE, "..", "e2e", "make_image.py"), e_tar,
+                                "docker.io/library/vsblob-e:1", "--busybox", self.args.busybox, "--variant", "8"]).stdout)
+        e_files = read_archive(e_tar)
+        eman = json.loads(e_files["blobs/sha256/" + json.loads(e_files["index.json"])["manifests"][0]["digest"][7:]])
+        e = {"name": einfo["name"], "layers": [l["digest"] for l in eman["layers"]], "chain_ids": einfo["chain_ids"]}
+        before = len(self.conversions())
+        for img, tar, files in ((a, a_tar, a_files), (e, e_tar, e_files)):
+            p = self.pull("ns5", tar, img["name"], snapshotter=TARDEV)
+            log("pull %s through %s: %s" % (img["name"], TARDEV, p.stdout.strip()))
+            key = "tardev-" + img["name"].rsplit("/", 1)[-1].replace(":", "-")
+            self.ctr("ns5", "snapshots", "--snapshotter", TARDEV, "prepare", key, img["chain_ids"][-1])
+            out = self.ctr("ns5", "snapshots", "--snapshotter", TARDEV, "mounts", "/mnt/x", key).stdout.strip()
+            log("kata-tardev mounts of %s:\n%s" % (key, out))
+            parts = out.split()
+            if len(out.splitlines()) != 1 or parts[:4] != ["mount", "-t", "fuse3.kata-overlay", "/"] or parts[5] != "-o":
+                raise Fail("not one fuse3.kata-overlay mount: %s" % out)
+            opts = parts[6].split(",")
+            n = len(img["layers"])
+            prefix = "io.katacontainers.fs-opt.layer-src-prefix=" + os.path.join(self.vs_root, "layers")
+            self.check(opts[0] == prefix, "option 1 is %s, not %s" % (opts[0], prefix))
+            self.check(len(opts) == n + 3 and opts[n + 1] == "io.katacontainers.fs-opt.overlay-rw",
+                       "options %s" % opts)
+            names = []
+            for i in range(n):
+                layer = n - 1 - i  # topmost first
+                chain, digest = img["chain_ids"][layer], img["layers"][layer]
+                h = hashlib.sha256(chain.encode()).hexdigest()
+                names.append(h)
+                o = opts[1 + i]
+                self.check(o.startswith("io.katacontainers.fs-opt.layer="), "layer option %s" % o)
+                plain = base64.b64decode(o.split("=", 1)[1]).decode()
+                fields = plain.split(",")
+                self.check(fields[:5] == [h, "tar", "ro", "io.katacontainers.fs-opt.block_device=file",
+                                          "io.katacontainers.fs-opt.is-layer"] and len(fields) == 6
+                           and fields[5].startswith("io.katacontainers.fs-opt.root-hash="),
+                           "layer %d option %s" % (layer + 1, plain))
+                root = fields[-1].split("=", 1)[1]
+                blob = os.path.join(self.tmp, "tblob")
+                with open(blob, "wb") as f:
+                    f.write(files["blobs/sha256/" + digest[7:]])
+                out_file = os.path.join(self.tmp, "convert.tarfs")
+                cj = json.loads(run([self.args.veritysnap, "convert", "--format", "tarfs", "--no-sidecar", "-o",
+                                     out_file, blob]).stdout)
+                self.check(cj["root_hash"] == root, "layer %d: tarfs root hash %s in the options, convert says %s"
+                           % (layer + 1, root, cj["root_hash"]))
+                with open(os.path.join(self.vs_root, "layers", h), "rb") as f1, open(out_file, "rb") as f2:
+                    self.check(f1.read() == f2.read(),
+                               "layer %d: the daemon's tarfs file differs from `convert --format tarfs`" % (layer + 1))
+                os.unlink(out_file)
+            self.check(opts[-1] == "lowerdir=" + ":".join(names), "lowerdir option %s" % opts[-1])
+            self.ctr("ns5", "snapshots", "--snapshotter", TARDEV, "rm", key)
+        conv = self.conversions()[before:]
+        self.check(all(c.get("source") == "blob" for c in conv), "kata-tardev pulls took the directory path: %s" % conv)
+        tarfs_n = sum(1 for c in conv if c.get("format") == "tarfs")
+        self.check(tarfs_n == len(a["layers"]) + len(e["layers"]), "%d tarfs conversions, expected %d"
+                   % (tarfs_n, len(a["layers"]) + len(e["layers"])))
+        log("kata-tardev: %d tarfs forms from blobs, mounts and files equal the offline tool's" % tarfs_n)
+
+    def commit_from_blob(self, db):
+        if not self.args.commit_client:
+            log("NOTE: no --commit-client: Commit from the blob not tested")
+            return
+        f_tar = os.path.join(self.tmp, "f.tar")
+        finfo = json.loads(run([sys.executable, os.path.join(HERE, "..", "e2e", "make_image.py"), f_tar,
+                                "docker.io/library/vsblob-f:1", "--busybox", self.args.busybox, "--variant", "10"]).stdout)
+        ffiles = read_archive(f_tar)
+        fman = json.loads(ffiles["blobs/sha256/" + json.loads(ffiles["index.json"])["manifests"][0]["digest"][7:]])
+        before = len(self.conversions())
+        parent = ""
+        for i in range(2):
+            digest, chain = fman["layers"][i]["digest"], finfo["chain_ids"][i]
+            blob = os.path.join(self.tmp, "fblob-%d" % i)
+            with open(blob, "wb") as f:
+                f.write(ffiles["blobs/sha256/" + digest[7:]])
+            seq = 100 + 2 * i
+            p = run([self.args.commit_client, self.vs_sock, self.sock, "ns7", str(seq), parent, chain, digest, blob])
+            log("commit client, layer %d: %s" % (i + 1, " / ".join(p.stdout.strip().splitlines())))
+            name = "ns7/%d/%s" % (seq + 1, chain)
+            rows = db.execute("SELECT l.path, l.source, l.blob_digest, l.diff_id, l.root_hash FROM layers l JOIN "
+                              "snapshots s ON s.id = l.snapshot_id WHERE s.key = ? AND l.format = 'erofs'",
+                              (name,)).fetchall()
+            self.check(len(rows) == 1 and rows[0][1] == "blob" and rows[0][2] == digest,
+                       "Commit of layer %d: store rows %s (want source blob, blob digest %s)" % (i + 1, rows, digest))
+            out = os.path.join(self.tmp, "fconvert-%d.erofs" % i)
+            cj = json.loads(run([self.args.veritysnap, "convert", "-o", out, blob]).stdout)
+            if rows:
+                self.check(rows[0][3] == cj["diff_id"], "layer %d: diff ID %s, convert says %s"
+                           % (i + 1, rows[0][3], cj.get("diff_id")))
+                self.check(rows[0][4] == cj["root_hash"], "layer %d: root hash %s, convert says %s"
+                           % (i + 1, rows[0][4], cj["root_hash"]))
+                with open(os.path.join(self.vs_root, rows[0][0]), "rb") as f1, open(out, "rb") as f2:
+                    self.check(f1.read() == f2.read(), "Commit of layer %d: the layer file differs from convert's"
+                               % (i + 1))
+            parent = name
+        conv = self.conversions()[before:]
+        self.check(len(conv) == 2 and all(c.get("source") == "blob" for c in conv),
+                   "Commit conversions: %s" % conv)
+        log("Commit converted both layers from their blobs, files equal convert's")
+
+    def registry(self):
+        if not shutil.which("docker-registry") or not shutil.which("skopeo"):
+            log("NOTE: docker-registry or skopeo missing: registry pull not tested")
+            return
+        r_tar = os.path.join(self.tmp, "r.tar")
+        rinfo = json.loads(run([sys.executable, os.path.join(HERE, "..", "e2e", "make_image.py"), r_tar,
+                                "docker.io/library/vsblob-r:1", "--busybox", self.args.busybox, "--variant", "9"]).stdout)
+        with socket.socket() as so:
+            so.bind(("127.0.0.1", 0))
+            port = so.getsockname()[1]
+        rdir = os.path.join(self.tmp, "registry")
+        os.makedirs(rdir)
+        with open(os.path.join(rdir, "config.yml"), "w") as f:
+            json.dump({"version": 0.1, "log": {"level": "error"},
+                       "storage": {"filesystem": {"rootdirectory": rdir + "/data"}},
+                       "http": {"addr": "127.0.0.1:%d" % port, "secret": "test"}}, f)
+        self.reg = Proc("docker-registry", ["docker-registry", "serve", os.path.join(rdir, "config.yml")],
+                        os.path.join(self.tmp, "registry.log"))
+
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+        wait_for(up, "docker-registry", self.reg)
+        ref = "127.0.0.1:%d/vsblob/r:1" % port
+        run(["skopeo", "--insecure-policy", "copy", "-q", "--preserve-digests", "--dest-tls-verify=false",
+             "oci-archive:" + r_tar, "docker://" + ref], env=dict(os.environ, HOME=rdir))
+        before = len(self.conversions())
+        pull = [self.args.veritysnap, "pull", "--namespace", "ns6", "--containerd-address", self.sock, "--snapshotter",
+                PLUGIN, "--plain-http", ref]
+        p = run(pull, timeout=900)
+        log("registry pull: " + p.stdout.strip())
+        conv = self.conversions()[before:]
+        chains = sorted(c["key"].rsplit("/", 1)[-1] for c in conv)
+        self.check(all(c.get("source") == "blob" for c in conv), "registry pull took the directory path: %s" % conv)
+        self.check(rinfo["chain_ids"][0] in chains, "the fresh first layer was not converted: %s" % chains)
+        p = self.ctr("ns6", "run", "--runc-root", self.runc_root, "--rm", "--snapshotter", PLUGIN, ref, "regc",
+                     "/bin/busybox", "cat", "/variant")
+        self.check(p.stdout.strip() == "variant 9", "container of the registry image printed %r" % p.stdout)
+        p = run(pull, timeout=300)
+        self.check("nothing to do" in p.stdout, "second registry pull did not say nothing to do: %s" % p.stdout)
+        self.check(len(self.conversions()) == before + len(conv), "second registry pull converted something")
+        log("registry: pulled %s, container ran, second pull: %s" % (ref, p.stdout.strip()))
+        self.reg.stop()
+        self.reg = None
+
     def stop(self):
+        if getattr(self, "reg", None):
+            self.reg.stop()
         for p in (self.containerd, self.daemon):
             if p:
                 p.stop()
@@ -288,6 +486,8 @@ def main():
     ap.add_argument("--veritysnapd", required=True)
     ap.add_argument("--veritysnap", required=True)
     ap.add_argument("--busybox", default="/bin/busybox")
+    ap.add_argument("--big-mib", type=int, default=96, help="size of the shared first layer's big file")
+    ap.add_argument("--commit-client", help="blob_commit_client (tests/blobpath/blob_commit_client.c)")
     ap.add_argument("--keep")
     ap.add_argument("--workdir")
     args = ap.parse_args()

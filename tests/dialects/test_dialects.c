@@ -3,16 +3,21 @@
  * strings and their order, base64 decoding, tardev's layer file names), plus the rules around them: extract keys
  * get host mounts whatever the dialect, kata-tardev refuses a chain without tarfs layers with FAILED_PRECONDITION
  * (-EBUSY) naming the blob path, snapshotter_layer_add_tarfs is idempotent, and removal leaves no tarfs file behind.
+ * With a fake content store (blobs in a directory): a blob-path Prepare on the kata-tardev socket builds the erofs and
+ * the tarfs form, a layer converted for the host socket gets its tarfs form from its blob when a kata-tardev container
+ * snapshot needs it, and a layer whose blob is gone is refused.
  * Mounts nothing itself; the host-mount checks (extract keys) run only as root with overlay and erofs. */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/vs_digest.h"
 #include "common/vs_error.h"
 #include "snapshotter/snapshotter.h"
 
@@ -439,6 +444,195 @@ static void test_all(bool host_mounts)
     free(r2);
 }
 
+
+/* ---- the blob path on the kata-tardev socket, over a fake content store: <work>/content/<ns>/<hex> ---- */
+
+static char content_dir[300];
+static int content_opens[8];
+static const char *content_digests[8];
+
+static int fake_info(void *ctx, const char *ns, const char *digest, int64_t *size, struct vs_error *err)
+{
+    (void)ctx;
+    char p[700];
+    snprintf(p, sizeof(p), "%s/%s/%s", content_dir, ns, digest + 7);
+    struct stat st;
+    if (stat(p, &st) < 0)
+        return vs_fail(err, -ENOENT, "blob %s not found", digest);
+    *size = st.st_size;
+    return 0;
+}
+
+static int fake_open(void *ctx, const char *ns, const char *digest, int64_t size, int *fd, void **stream,
+                     struct vs_error *err)
+{
+    (void)ctx;
+    (void)size;
+    for (int i = 0; i < 8; i++)
+        if (content_digests[i] && strcmp(content_digests[i], digest) == 0)
+            __atomic_fetch_add(&content_opens[i], 1, __ATOMIC_SEQ_CST);
+    char p[700];
+    snprintf(p, sizeof(p), "%s/%s/%s", content_dir, ns, digest + 7);
+    *fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0)
+        return vs_fail(err, -ENOENT, "blob %s not found", digest);
+    *stream = (void *)(intptr_t)*fd;
+    return 0;
+}
+
+static int fake_close(void *ctx, void *stream, bool drain, struct vs_error *err)
+{
+    (void)ctx;
+    (void)drain;
+    (void)err;
+    close((int)(intptr_t)stream);
+    return 0;
+}
+
+/* sha256:<hex> of a file, or of "a b" when b is given (a chain ID step). */
+static void digest_of_file(const char *path, char out[80])
+{
+    FILE *f = fopen(path, "rb");
+    static char buf[1 << 20];
+    size_t n = f ? fread(buf, 1, sizeof(buf), f) : 0;
+    if (f)
+        fclose(f);
+    uint8_t h[VS_SHA256_LEN];
+    vs_sha256(buf, n, h);
+    memcpy(out, "sha256:", 7);
+    vs_hex_encode(h, VS_SHA256_LEN, out + 7);
+}
+
+static void chain_step(const char *parent, const char *diff, char out[80])
+{
+    char buf[200];
+    int n = snprintf(buf, sizeof(buf), "%s %s", parent, diff);
+    uint8_t h[VS_SHA256_LEN];
+    vs_sha256(buf, (size_t)n, h);
+    memcpy(out, "sha256:", 7);
+    vs_hex_encode(h, VS_SHA256_LEN, out + 7);
+}
+
+/* The tardev file of chain ID chain equals the converter's tarfs output of tar. */
+static void check_tarfs_file(const char *broot, const char *chain, const char *tar)
+{
+    char h[65], path[600], want[600];
+    snapshot_tardev_layer_name(chain, h);
+    snprintf(path, sizeof(path), "%s/layers/%s", broot, h);
+    snprintf(want, sizeof(want), "%s.tarfs", tar);
+    struct layer_file_options o;
+    layer_file_options_default(&o);
+    o.tarfs.format = TARFS_FORMAT_TARFS;
+    o.sidecar = false;
+    struct layer_file_result r;
+    struct vs_error err = {0};
+    int fd = open(tar, O_RDONLY);
+    CHECK(layer_file_build_fd(fd, want, &o, &r, &err) == 0, "converting %s: %s", tar, err.message);
+    close(fd);
+    char cmd[1300];
+    snprintf(cmd, sizeof(cmd), "cmp -s '%s' '%s'", path, want);
+    CHECK(system(cmd) == 0, "the tarfs file %s differs from the converter's output of %s", path, tar);
+}
+
+static void test_blob_tardev(void)
+{
+    char broot[300];
+    snprintf(broot, sizeof(broot), "%s/root-blob", work);
+    snprintf(content_dir, sizeof(content_dir), "%s/content", work);
+    char nsdir[400];
+    snprintf(nsdir, sizeof(nsdir), "%s/t", content_dir);
+    mkdir(content_dir, 0755);
+    mkdir(nsdir, 0755);
+    const char *names[3] = {"b1.tar", "b2.tar", "b3.tar"};
+    char tars[3][400], d[3][80], chain[3][80], keys[3][200], roots[3][65];
+    make_tar(names[0], "b1.txt", "blob one\n");
+    make_tar(names[1], "b2.txt", "blob two\n");
+    make_tar(names[2], "b3.txt", "blob three\n");
+    for (int i = 0; i < 3; i++) {
+        snprintf(tars[i], sizeof(tars[i]), "%s/%s", work, names[i]);
+        digest_of_file(tars[i], d[i]); /* plain tar: the blob digest is the diff ID */
+        if (i == 0)
+            snprintf(chain[0], sizeof(chain[0]), "%s", d[0]);
+        else
+            chain_step(chain[i - 1], d[i], chain[i]);
+        snprintf(keys[i], sizeof(keys[i]), "t/%d/%s", 2 * i + 1, chain[i]);
+        tar_root(tars[i], roots[i]);
+        char cmd[2000];
+        snprintf(cmd, sizeof(cmd), "cp '%s' '%s/%s'", tars[i], nsdir, d[i] + 7);
+        CHECK(system(cmd) == 0, "%s", cmd);
+        content_digests[i] = d[i];
+    }
+    struct snapshotter_content content = {.info = fake_info, .open = fake_open, .close = fake_close};
+    struct snapshotter_config cfg = {.root = broot, .verity = SNAPSHOTTER_VERITY_AUTO, .content = &content};
+    layer_file_options_default(&cfg.layer);
+    struct snapshotter *s = NULL;
+    struct vs_error err = {0};
+    int rc = snapshotter_open(&cfg, &s, &err);
+    CHECK(rc == 0, "open: %s", err.message);
+    if (rc < 0)
+        return;
+    struct snapshot_mounts ms = {0};
+    char pkey[3][260];
+    for (int i = 0; i < 3; i++)
+        snprintf(pkey[i], sizeof(pkey[i]), "t/%d/extract-%d %s", 2 * i + 1, i, chain[i]);
+
+    /* 1. Layer 1 by the blob path on the kata-tardev socket: erofs and tarfs from the blob, ALREADY_EXISTS. */
+    struct snapshot_label l1[2] = {{SNAPSHOT_LABEL_REF, chain[0]}, {SNAPSHOT_LABEL_LAYER_DIGEST, d[0]}};
+    rc = snapshotter_prepare(s, &ktardev, pkey[0], "", l1, 2, &ms, &err);
+    CHECK(rc == -EEXIST, "blob-path prepare of layer 1 on kata-tardev: %d %s", rc, err.message);
+    check_tarfs_file(broot, chain[0], tars[0]);
+    CHECK(content_opens[0] == 2, "layer 1's blob read %d times, want 2 (erofs, tarfs)", content_opens[0]);
+
+    /* 2. Layers 2 and 3 by the blob path on the host socket: erofs only. */
+    for (int i = 1; i < 3; i++) {
+        struct snapshot_label l[2] = {{SNAPSHOT_LABEL_REF, chain[i]}, {SNAPSHOT_LABEL_LAYER_DIGEST, d[i]}};
+        rc = snapshotter_prepare(s, &host, pkey[i], keys[i - 1], l, 2, &ms, &err);
+        CHECK(rc == -EEXIST, "blob-path prepare of layer %d on host: %d %s", i + 1, rc, err.message);
+        char h[65], path[600];
+        snapshot_tardev_layer_name(chain[i], h);
+        snprintf(path, sizeof(path), "%s/layers/%s", broot, h);
+        CHECK(access(path, F_OK) < 0, "layer %d has a tarfs file after a host-socket prepare", i + 1);
+    }
+
+    /* 3. A kata-tardev container snapshot over layer 2: its tarfs form is built from the blob, then the mounts. */
+    rc = snapshotter_prepare(s, &ktardev, "t/10/ctr", keys[1], NULL, 0, &ms, &err);
+    CHECK(rc == 0, "kata-tardev container snapshot over layer 2: %s", err.message);
+    if (rc == 0) {
+        char h1[65], h2[65], lower[200];
+        snapshot_tardev_layer_name(chain[0], h1);
+        snapshot_tardev_layer_name(chain[1], h2);
+        snprintf(lower, sizeof(lower), "lowerdir=%s:%s", h2, h1);
+        CHECK(ms.count == 1 && ms.items[0].option_count == 5, "mounts %zu", ms.count);
+        if (ms.count == 1 && ms.items[0].option_count == 5) {
+            STREQ(ms.items[0].type, "fuse3.kata-overlay");
+            check_tardev_layer_opt(ms.items[0].options[1], h2, roots[1]);
+            check_tardev_layer_opt(ms.items[0].options[2], h1, roots[0]);
+            STREQ(ms.items[0].options[4], lower);
+        }
+        check_tarfs_file(broot, chain[1], tars[1]);
+    }
+    snapshot_mounts_free(&ms);
+    CHECK(content_opens[1] == 2, "layer 2's blob read %d times, want 2", content_opens[1]);
+    /* Mounts of it again: nothing rebuilt. */
+    rc = snapshotter_mounts(s, &ktardev, "t/10/ctr", &ms, &err);
+    CHECK(rc == 0 && content_opens[0] == 2 && content_opens[1] == 2, "Mounts again: %d %s", rc, err.message);
+    snapshot_mounts_free(&ms);
+
+    /* 4. Layer 3's blob is gone: a kata-tardev container snapshot over it is refused (FAILED_PRECONDITION). */
+    char gone[500];
+    snprintf(gone, sizeof(gone), "%s/%s", nsdir, d[2] + 7);
+    unlink(gone);
+    rc = snapshotter_prepare(s, &ktardev, "t/11/ctr3", keys[2], NULL, 0, &ms, &err);
+    CHECK(rc == -EBUSY && strstr(err.message, "cri.layer-digest"), "blob gone: %d %s", rc, err.message);
+    snapshot_mounts_free(&ms);
+
+    const char *order[] = {"t/10/ctr", keys[2], keys[1], keys[0]};
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++)
+        CHECK(snapshotter_remove(s, &host, order[i], &err) == 0, "remove %s: %s", order[i], err.message);
+    CHECK(snapshotter_cleanup(s, &host, &err) == 0, "cleanup: %s", err.message);
+    snapshotter_close(s);
+}
+
 static void test_names(void)
 {
     char h[65];
@@ -466,6 +660,7 @@ int main(void)
         fprintf(stderr, "note: not root or no overlay/erofs: the extract-key host mount checks are skipped\n");
     test_names();
     test_all(host_mounts);
+    test_blob_tardev();
     if (failures) {
         fprintf(stderr, "%d failure(s); state left in %s\n", failures, work);
         return 1;

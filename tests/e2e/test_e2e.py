@@ -411,6 +411,7 @@ disabled_plugins = [
   type = "snapshot"
   address = "{vs}"
 """.format(plugin=PLUGIN, vs=self.vs_sock)
+        text += getattr(self, "extra_config", "")  # more proxy plugins (tests/blobpath: the kata-tardev socket)
         with open(cfg, "w") as f:
             f.write(text)
         self.containerd = Proc("containerd", ["containerd", "--config", cfg],
