@@ -273,49 +273,6 @@ static int put_label(struct snapshotter *s, int64_t id, const char *key, const c
     return rc;
 }
 
-static int insert_layer(struct snapshotter *s, int64_t snapshot_id, const char *rel, const char *format,
-                        const char *blob_digest, const char *diff_id, const struct layer_file_result *res,
-                        const char *root_hex, struct vs_error *err)
-{
-    sqlite3_stmt *st;
-    int rc = store_prepare(s, &st,
-                           "INSERT INTO layers (snapshot_id, path, format, source, source_digest, verity, "
-                           "hash_algorithm, data_block_size, hash_block_size, salt, verity_format, superblock, "
-                           "data_blocks, hash_offset, root_hash, image_size, file_size, inodes, blob_digest, diff_id) "
-                           "VALUES (?, ?, ?, 'blob', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           err);
-    if (rc < 0)
-        return rc;
-    char salt[2 * VERITY_MAX_SALT + 1] = "";
-    const struct verity_layout *l = &res->layout;
-    sqlite3_bind_int64(st, 1, snapshot_id);
-    sqlite3_bind_text(st, 2, rel, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, format, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, blob_digest, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 5, res->verity);
-    if (res->verity) {
-        vs_hex_encode(l->params.salt, l->params.salt_size, salt);
-        sqlite3_bind_text(st, 6, l->params.hash_algorithm, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 7, l->params.data_block_size);
-        sqlite3_bind_int64(st, 8, l->params.hash_block_size);
-        sqlite3_bind_text(st, 9, salt, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 10, l->params.format);
-        sqlite3_bind_int(st, 11, l->params.superblock);
-        sqlite3_bind_int64(st, 12, (sqlite3_int64)l->data_blocks);
-        sqlite3_bind_int64(st, 13, (sqlite3_int64)l->hash_offset);
-        sqlite3_bind_text(st, 14, root_hex, -1, SQLITE_STATIC);
-    }
-    sqlite3_bind_int64(st, 15, (sqlite3_int64)res->image.image_size);
-    sqlite3_bind_int64(st, 16, (sqlite3_int64)res->file_size);
-    sqlite3_bind_int64(st, 17, (sqlite3_int64)res->image.entries);
-    sqlite3_bind_text(st, 18, blob_digest, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 19, diff_id, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE)
-        rc = store_fail(s, err, "recording layer %s", rel);
-    sqlite3_finalize(st);
-    return rc;
-}
-
 static int sync_dir(const char *path, struct vs_error *err)
 {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -642,7 +599,12 @@ static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j
         snprintf(rel, sizeof(rel), "layers/%lld-%.16s.erofs", (long long)id, diff_id + 7);
         snprintf(final, sizeof(final), "%s/%s", s->root, rel);
         snprintf(dst_side, sizeof(dst_side), "%s.dmverity", final);
-        rc = insert_layer(s, id, rel, "erofs", j->digest, diff_id, &res, root_hex, err);
+        rc = store_layer_insert(s,
+                                &(struct layer_record){.snapshot_id = id, .path = rel, .format = "erofs",
+                                                       .source = "blob", .source_digest = j->digest,
+                                                       .blob_digest = j->digest, .diff_id = diff_id,
+                                                       .result = &res, .root_hex = root_hex},
+                                err);
     }
     /* Into layers/ under the lock, so that a cleanup never sees the file without its row. */
     if (rc == 0) {

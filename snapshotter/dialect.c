@@ -454,16 +454,14 @@ int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob
         if (rc < 0)
             vs_error_prefix(err, "tarfs conversion of snapshot '%s'", key);
     }
-    char diff[80], root_hex[2 * VERITY_MAX_DIGEST + 1] = "", salt[2 * VERITY_MAX_SALT + 1] = "";
+    char diff[80], root_hex[2 * VERITY_MAX_DIGEST + 1] = "";
     vs_hex_encode(res.image.diff_id, VS_SHA256_LEN, diff + 7);
     memcpy(diff, "sha256:", 7);
     if (rc == 0 && expected_diff_id && strcmp(expected_diff_id, diff) != 0)
         rc = vs_fail(err, -EBADMSG, "tarfs conversion of snapshot '%s': the blob's diff ID is %s, expected %s", key,
                      diff, expected_diff_id);
-    if (rc == 0) {
+    if (rc == 0)
         vs_hex_encode(res.layout.root_hash, res.layout.digest_size, root_hex);
-        vs_hex_encode(res.layout.params.salt, res.layout.params.salt_size, salt);
-    }
 
     pthread_mutex_lock(&s->lock);
     s->commits_in_flight--;
@@ -492,35 +490,16 @@ int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob
                 close(fd);
         }
     }
-    sqlite3_stmt *st = NULL;
-    if (rc == 0)
-        rc = store_prepare(s, &st,
-                           "INSERT INTO layers (snapshot_id, path, format, source, source_digest, verity, "
-                           "hash_algorithm, data_block_size, hash_block_size, salt, verity_format, superblock, "
-                           "data_blocks, hash_offset, root_hash, image_size, file_size, inodes) VALUES "
-                           "(?, ?, 'tarfs', 'blob', ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           err);
     if (rc == 0) {
-        const struct verity_layout *l = &res.layout;
-        sqlite3_bind_int64(st, 1, id);
-        sqlite3_bind_text(st, 2, rel, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, source_digest && source_digest[0] ? source_digest : diff, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 4, l->params.hash_algorithm, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 5, l->params.data_block_size);
-        sqlite3_bind_int64(st, 6, l->params.hash_block_size);
-        sqlite3_bind_text(st, 7, salt, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 8, l->params.format);
-        sqlite3_bind_int(st, 9, l->params.superblock);
-        sqlite3_bind_int64(st, 10, (sqlite3_int64)l->data_blocks);
-        sqlite3_bind_int64(st, 11, (sqlite3_int64)l->hash_offset);
-        sqlite3_bind_text(st, 12, root_hex, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 13, (sqlite3_int64)res.image.image_size);
-        sqlite3_bind_int64(st, 14, (sqlite3_int64)res.file_size);
-        sqlite3_bind_int64(st, 15, (sqlite3_int64)res.image.entries);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = store_fail(s, err, "tarfs conversion of snapshot '%s': recording %s", key, rel);
+        struct layer_record rec = {
+            .snapshot_id = id, .path = rel, .format = "tarfs", .source = "blob",
+            .source_digest = source_digest && source_digest[0] ? source_digest : diff, .result = &res,
+            .root_hex = root_hex,
+        };
+        rc = store_layer_insert(s, &rec, err);
+        if (rc < 0)
+            vs_error_prefix(err, "tarfs conversion of snapshot '%s'", key);
     }
-    sqlite3_finalize(st);
     if (rc == 0)
         rc = store_exec(s, "COMMIT", "committing", err);
     if (rc != 0) {

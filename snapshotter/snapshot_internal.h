@@ -65,6 +65,22 @@ int store_fail(struct snapshotter *s, struct vs_error *err, const char *fmt, ...
 /* Reads a layer row by its id or by its snapshot's id; -ENOENT when none. */
 int store_layer_by_snapshot(struct snapshotter *s, int64_t snapshot_id, struct layer_row *out, struct vs_error *err);
 
+/* A converted layer file to record: which snapshot, where, what format, from what source. */
+struct layer_record {
+    int64_t snapshot_id;
+    const char *path;          /* relative to the root: layers/<name> */
+    const char *format;        /* "erofs" or "tarfs" */
+    const char *source;        /* "blob" or "directory" */
+    const char *source_digest; /* the blob's digest, or the walked directory's digest */
+    const char *blob_digest;   /* blob path only, else NULL */
+    const char *diff_id;       /* blob path only, else NULL */
+    const struct layer_file_result *result;
+    const char *root_hex;      /* "" without verity */
+};
+
+/* Inserts a layers row (inside the caller's transaction); fails naming the path. */
+int store_layer_insert(struct snapshotter *s, const struct layer_record *rec, struct vs_error *err);
+
 /* ---- filter.c ---- */
 
 struct snap_filter;

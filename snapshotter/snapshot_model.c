@@ -881,45 +881,19 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
         rc = replace_labels(s, row.id, name, labels, label_count, err);
     if (rc == 0 && root_hex[0])
         rc = put_label(s, row.id, name, SNAPSHOT_LABEL_ROOT_HASH, root_hex, err);
-    if (rc == 0)
-        rc = store_prepare(s, &st,
-                           "INSERT INTO layers (snapshot_id, path, format, source_digest, verity, "
-                           "hash_algorithm, data_block_size, hash_block_size, salt, verity_format, superblock, "
-                           "data_blocks, hash_offset, root_hash, image_size, file_size, inodes, source, blob_digest, "
-                           "diff_id) VALUES (?, ?, 'erofs', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           err);
     if (rc == 0) {
-        char digest[80], salt[2 * VERITY_MAX_SALT + 1] = "";
+        char digest[80];
         snprintf(digest, sizeof(digest), "sha256:%s", digest_hex);
-        const struct verity_layout *l = &res.layout;
-        sqlite3_bind_int64(st, 1, row.id);
-        sqlite3_bind_text(st, 2, rel, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, digest, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int(st, 4, res.verity);
-        if (res.verity) {
-            vs_hex_encode(l->params.salt, l->params.salt_size, salt);
-            sqlite3_bind_text(st, 5, l->params.hash_algorithm, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_int64(st, 6, l->params.data_block_size);
-            sqlite3_bind_int64(st, 7, l->params.hash_block_size);
-            sqlite3_bind_text(st, 8, salt, -1, SQLITE_TRANSIENT);
-            sqlite3_bind_int64(st, 9, l->params.format);
-            sqlite3_bind_int(st, 10, l->params.superblock);
-            sqlite3_bind_int64(st, 11, (sqlite3_int64)l->data_blocks);
-            sqlite3_bind_int64(st, 12, (sqlite3_int64)l->hash_offset);
-            sqlite3_bind_text(st, 13, root_hex, -1, SQLITE_TRANSIENT);
-        }
-        sqlite3_bind_int64(st, 14, (sqlite3_int64)res.image.image_size);
-        sqlite3_bind_int64(st, 15, (sqlite3_int64)res.file_size);
-        sqlite3_bind_int64(st, 16, (sqlite3_int64)res.image.entries);
-        sqlite3_bind_text(st, 17, blob_src.blob ? "blob" : "directory", -1, SQLITE_STATIC);
-        if (blob_src.blob) {
-            sqlite3_bind_text(st, 18, blob_src.blob_digest, -1, SQLITE_STATIC);
-            sqlite3_bind_text(st, 19, blob_src.diff_id, -1, SQLITE_STATIC);
-        }
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = store_fail(s, err, "commit of snapshot '%s': recording layer %s", key, rel);
+        struct layer_record rec = {
+            .snapshot_id = row.id, .path = rel, .format = "erofs",
+            .source = blob_src.blob ? "blob" : "directory", .source_digest = digest,
+            .blob_digest = blob_src.blob ? blob_src.blob_digest : NULL,
+            .diff_id = blob_src.blob ? blob_src.diff_id : NULL, .result = &res, .root_hex = root_hex,
+        };
+        rc = store_layer_insert(s, &rec, err);
+        if (rc < 0)
+            vs_error_prefix(err, "commit of snapshot '%s'", key);
     }
-    sqlite3_finalize(st);
     if (rc == 0)
         rc = store_exec(s, "COMMIT", "committing", err);
     if (rc < 0) {

@@ -277,3 +277,48 @@ int64_t snap_now_ns(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+int store_layer_insert(struct snapshotter *s, const struct layer_record *rec, struct vs_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = store_prepare(s, &st,
+                           "INSERT INTO layers (snapshot_id, path, format, source, source_digest, verity, "
+                           "hash_algorithm, data_block_size, hash_block_size, salt, verity_format, superblock, "
+                           "data_blocks, hash_offset, root_hash, image_size, file_size, inodes, blob_digest, diff_id) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           err);
+    if (rc < 0)
+        return rc;
+    const struct layer_file_result *res = rec->result;
+    const struct verity_layout *l = &res->layout;
+    char salt[2 * VERITY_MAX_SALT + 1] = "";
+    sqlite3_bind_int64(st, 1, rec->snapshot_id);
+    sqlite3_bind_text(st, 2, rec->path, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, rec->format, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, rec->source, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, rec->source_digest, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 6, res->verity);
+    if (res->verity) {
+        vs_hex_encode(l->params.salt, l->params.salt_size, salt);
+        sqlite3_bind_text(st, 7, l->params.hash_algorithm, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 8, l->params.data_block_size);
+        sqlite3_bind_int64(st, 9, l->params.hash_block_size);
+        sqlite3_bind_text(st, 10, salt, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 11, l->params.format);
+        sqlite3_bind_int(st, 12, l->params.superblock);
+        sqlite3_bind_int64(st, 13, (sqlite3_int64)l->data_blocks);
+        sqlite3_bind_int64(st, 14, (sqlite3_int64)l->hash_offset);
+        sqlite3_bind_text(st, 15, rec->root_hex, -1, SQLITE_STATIC);
+    }
+    sqlite3_bind_int64(st, 16, (sqlite3_int64)res->image.image_size);
+    sqlite3_bind_int64(st, 17, (sqlite3_int64)res->file_size);
+    sqlite3_bind_int64(st, 18, (sqlite3_int64)res->image.entries);
+    if (rec->blob_digest)
+        sqlite3_bind_text(st, 19, rec->blob_digest, -1, SQLITE_STATIC);
+    if (rec->diff_id)
+        sqlite3_bind_text(st, 20, rec->diff_id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = store_fail(s, err, "recording layer %s", rec->path);
+    sqlite3_finalize(st);
+    return rc;
+}
