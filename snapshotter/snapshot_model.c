@@ -710,6 +710,16 @@ static int create_snapshot(struct snapshotter *s, enum snapshot_dialect dialect,
     return rc;
 }
 
+/* A kata-tardev container snapshot needs the tarfs form of every layer below it (parent's chain, or key's own):
+ * build what is missing from the blobs still in containerd's content store. Other dialects and keys need nothing. */
+static int tardev_layers_ready(struct snapshotter *s, const struct snapshot_call *call, const char *key,
+                               const char *parent, struct vs_error *err)
+{
+    if (!call || call->dialect != SNAPSHOT_DIALECT_KATA_TARDEV || !dialect_shapes(call->dialect, key))
+        return 0;
+    return blob_ingest_tarfs_chain(s, call, key, parent, err);
+}
+
 int snapshotter_prepare(struct snapshotter *s, const struct snapshot_call *call, const char *key, const char *parent,
                         const struct snapshot_label *labels, size_t label_count, struct snapshot_mounts *out,
                         struct vs_error *err)
@@ -719,8 +729,7 @@ int snapshotter_prepare(struct snapshotter *s, const struct snapshot_call *call,
     int rc = blob_ingest_prepare(s, call, key, parent, labels, label_count, err);
     if (rc != 1)
         return rc;
-    if (call && call->dialect == SNAPSHOT_DIALECT_KATA_TARDEV && dialect_shapes(call->dialect, key) && parent &&
-        parent[0] && (rc = blob_ingest_tarfs_chain(s, call, key, parent, err)) < 0)
+    if (parent && parent[0] && (rc = tardev_layers_ready(s, call, key, parent, err)) < 0)
         return rc;
     return create_snapshot(s, call ? call->dialect : SNAPSHOT_DIALECT_HOST, SNAPSHOT_KIND_ACTIVE, key, parent,
                            labels, label_count, out, err);
@@ -731,8 +740,7 @@ int snapshotter_view(struct snapshotter *s, const struct snapshot_call *call, co
                      struct vs_error *err)
 {
     int rc;
-    if (call && call->dialect == SNAPSHOT_DIALECT_KATA_TARDEV && dialect_shapes(call->dialect, key) && parent &&
-        parent[0] && (rc = blob_ingest_tarfs_chain(s, call, key, parent, err)) < 0)
+    if (parent && parent[0] && (rc = tardev_layers_ready(s, call, key, parent, err)) < 0)
         return rc;
     return create_snapshot(s, call ? call->dialect : SNAPSHOT_DIALECT_HOST, SNAPSHOT_KIND_VIEW, key, parent,
                            labels, label_count, out, err);
@@ -742,9 +750,8 @@ int snapshotter_mounts(struct snapshotter *s, const struct snapshot_call *call, 
                        struct snapshot_mounts *out, struct vs_error *err)
 {
     memset(out, 0, sizeof(*out));
-    int rc0;
-    if (call && call->dialect == SNAPSHOT_DIALECT_KATA_TARDEV && dialect_shapes(call->dialect, key) &&
-        (rc0 = blob_ingest_tarfs_chain(s, call, key, NULL, err)) < 0)
+    int rc0 = tardev_layers_ready(s, call, key, NULL, err);
+    if (rc0 < 0)
         return rc0;
     pthread_mutex_lock(&s->lock);
     struct snap_row row;
@@ -990,9 +997,8 @@ int snapshotter_stat(struct snapshotter *s, const struct snapshot_call *call, co
                      struct snapshot_info *out, struct vs_error *err)
 {
     memset(out, 0, sizeof(*out));
-    int rc0;
-    if (call && call->dialect == SNAPSHOT_DIALECT_KATA_TARDEV && dialect_shapes(call->dialect, key) &&
-        (rc0 = blob_ingest_tarfs_chain(s, call, key, NULL, err)) < 0)
+    int rc0 = tardev_layers_ready(s, call, key, NULL, err);
+    if (rc0 < 0)
         return rc0;
     pthread_mutex_lock(&s->lock);
     struct snap_row row;
