@@ -12,7 +12,8 @@
 #include "tardev_index.h"
 #include "tarfs.h"
 
-#define MAX_DEPTH 4096
+/* Deeper than any path the kernel can open (PATH_MAX 4096 allows at most 2048 components). */
+#define MAX_DEPTH 2048
 
 struct reader {
     int fd;
@@ -21,6 +22,7 @@ struct reader {
     int (*fn)(void *ctx, const struct tarfs_entry *e);
     void *ctx;
     uint64_t visited;
+    uint64_t ancestors[MAX_DEPTH + 1]; /* nids of the directories being walked, to refuse loops */
 };
 
 struct inode_view {
@@ -216,12 +218,31 @@ static int emit(struct reader *r, const char *path, const struct inode_view *v, 
     return stop ? 1 : 0;
 }
 
+static int walk_dir_blocks(struct reader *r, const char *path, const struct inode_view *dir, int depth,
+                           uint8_t *block, struct vs_error *err);
+
 static int walk_dir(struct reader *r, const char *path, const struct inode_view *dir, int depth,
                     struct vs_error *err)
 {
     if (depth > MAX_DEPTH)
         return vs_fail(err, -EBADMSG, "directory nesting deeper than %d at '%s'", MAX_DEPTH, path);
-    uint8_t block[EROFS_BLKSZ];
+    for (int i = 0; i < depth; i++)
+        if (r->ancestors[i] == dir->nid)
+            return vs_fail(err, -EBADMSG, "directory '%s' contains its own ancestor (nid %llu): a loop", path,
+                           (unsigned long long)dir->nid);
+    r->ancestors[depth] = dir->nid;
+    /* On the heap: one block per level of a deep (hostile) tree must not exhaust the stack. */
+    uint8_t *block = malloc(EROFS_BLKSZ);
+    if (!block)
+        return vs_fail(err, -ENOMEM, "out of memory");
+    int rc = walk_dir_blocks(r, path, dir, depth, block, err);
+    free(block);
+    return rc;
+}
+
+static int walk_dir_blocks(struct reader *r, const char *path, const struct inode_view *dir, int depth,
+                           uint8_t *block, struct vs_error *err)
+{
     for (uint64_t start = 0; start < dir->size; start += EROFS_BLKSZ) {
         size_t len = dir->size - start < EROFS_BLKSZ ? (size_t)(dir->size - start) : EROFS_BLKSZ;
         int rc = read_data(r, dir, start, block, len, err);

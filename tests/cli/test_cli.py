@@ -291,8 +291,32 @@ def test_bad_input_leaves_nothing(tmp):
         assert os.listdir(d) == [], f"{name}: left {os.listdir(d)}"
 
 
+def test_inspect_hostile_image(tmp):
+    """A directory entry pointing back at the root (a loop) is refused with a message, not followed forever."""
+    tar = os.path.join(tmp, "l.tar")
+    with tarfile.open(tar, "w") as t:
+        for name in ("a", "a/b"):
+            ti = tarfile.TarInfo(name)
+            ti.type = tarfile.DIRTYPE
+            t.addfile(ti)
+    img = os.path.join(tmp, "loop.img")
+    convert(tar, img, "--no-verity", "--no-sidecar")
+    entries = json.loads(run(VS, "inspect", "--list", img).stdout)["entries"]
+    nid = {e["path"]: e["ino"] for e in entries}
+    data = bytearray(open(img, "rb").read())
+    import struct
+    needle = struct.pack("<Q", nid["a/b"])
+    hits = [i for i in range(0, len(data) - 12) if data[i:i + 8] == needle and data[i + 10] == 2 and data[i + 11] == 0]
+    assert len(hits) == 2, f"expected a's entry for b and b's '.', found {len(hits)}"
+    for h in hits:  # a/b (and its '.') now point at the root
+        data[h:h + 8] = struct.pack("<Q", nid[""])
+    open(img, "wb").write(data)
+    p = run(VS, "inspect", "--list", img, check=False)
+    assert p.returncode == 1 and b"loop" in p.stderr, f"exit {p.returncode}: {p.stderr.decode()}"
+
+
 TESTS = [test_help_version, test_determinism_and_compression, test_veritysetup_agrees, test_tamper,
-         test_tarfs_vectors, test_directory_source, test_bad_input_leaves_nothing]
+         test_tarfs_vectors, test_directory_source, test_bad_input_leaves_nothing, test_inspect_hostile_image]
 
 
 def main():
