@@ -51,7 +51,7 @@ void vs_error_clear(struct vs_error *err)
 
 int vs_error_is_bad_input(int code)
 {
-    return code == -EBADMSG || code == -ENAMETOOLONG || code == -ENOTSUP || code == -EILSEQ;
+    return code == -EBADMSG || code == -ENAMETOOLONG || code == -ENOTSUP || code == -EILSEQ || code == -EFBIG;
 }
 
 void vs_hex_encode(const uint8_t *in, size_t len, char *out)

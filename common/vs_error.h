@@ -10,7 +10,8 @@
 
 /* An error value: a negative errno-style code and a message that names the layer, the key and the cause.
  * Codes: -EBADMSG bad layer content (corrupt archive, lying header, traversal), -EINVAL bad argument,
- * -ENOENT missing, -ENOTSUP unsupported, -ENODEV missing kernel feature, anything else an I/O error. */
+ * -ENOENT missing, -ENOTSUP unsupported, -ENODEV missing kernel feature, -EFBIG a layer beyond the size limit,
+ * anything else an I/O error. */
 struct vs_error {
     int code;
     char message[1024];

@@ -31,6 +31,10 @@ static const char default_text[] =
     "# debug, info, warn or error. Logs go to stderr, one logfmt line per event.\n"
     "log_level = \"info\"\n"
     "\n"
+    "# Bytes one layer's image may grow to while it is converted; a layer that expands beyond it (a sparse file,\n"
+    "# a decompression bomb) is refused before it fills the disk. 0 means no limit.\n"
+    "max_layer_size = 0\n"
+    "\n"
     "# One [[listen]] table per socket; each is one containerd proxy plugin, e.g. in containerd's "
     "config.toml:\n"
     "#   [proxy_plugins.veritysnap]\n"
@@ -195,8 +199,8 @@ int vs_daemon_config_load(struct vs_daemon_config *config, const char *path, boo
     if (!doc)
         return err->code;
     const struct vs_toml_table *root = vs_toml_root(doc);
-    static const char *const allowed[] = {"root",      "verity", "containerd_address",
-                                          "log_level", "listen", NULL};
+    static const char *const allowed[] = {"root",   "verity", "containerd_address", "log_level",
+                                          "listen", "max_layer_size", NULL};
     int r = vs_toml_unknown_keys(root, allowed, err);
     if (r < 0)
         goto out;
@@ -211,6 +215,14 @@ int vs_daemon_config_load(struct vs_daemon_config *config, const char *path, boo
     if (r < 0 && r != -ENOENT)
         goto out;
     if ((r = get_string(root, "containerd_address", &config->containerd_address, err)) < 0)
+        goto out;
+    int64_t max_layer_size;
+    r = vs_toml_get_int(root, "max_layer_size", &max_layer_size, err);
+    if (r == 0 && max_layer_size < 0)
+        r = vs_toml_fail(root, "max_layer_size", err, -EINVAL, "max_layer_size must be 0 (no limit) or positive");
+    if (r == 0)
+        config->max_layer_size = (uint64_t)max_layer_size;
+    else if (r != -ENOENT)
         goto out;
     if ((r = get_string(root, "log_level", &config->log_level, err)) < 0)
         goto out;

@@ -222,6 +222,7 @@ int main(int argc, char **argv)
     struct cd_client *containerd = NULL;
     struct snapshotter_content content;
     layer_file_options_default(&sc.layer);
+    sc.layer.tarfs.max_image_size = config.max_layer_size;
     struct snapshotter *snap = NULL;
     struct vs_grpc_server **servers = calloc(config.listen_count, sizeof(*servers));
     int status = 1;

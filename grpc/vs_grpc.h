@@ -68,6 +68,7 @@ struct vs_daemon_config {
     enum snapshotter_verity_mode verity;
     char *containerd_address;
     char *log_level;                 /* error, warn, info, debug */
+    uint64_t max_layer_size;         /* bytes a layer file's image may grow to; 0: no limit */
     struct vs_daemon_listen *listen; /* at least one */
     size_t listen_count;
 };

@@ -77,7 +77,7 @@ static void derive_uuid(const uint8_t digest[32], uint8_t uuid[16])
 static int convert_erofs(struct layer_stream *s, const struct tarfs_options *opts, const struct tarfs_sink *sink,
                          struct tarfs_result *result, struct vs_error *err)
 {
-    struct erofs_writer *w = erofs_writer_new(sink, opts->tail_budget, err);
+    struct erofs_writer *w = erofs_writer_new(sink, opts->tail_budget, opts->max_image_size, err);
     if (!w)
         return err ? err->code : -ENOMEM;
     int rc = tar_source_read(s, w, opts, &result->entries, err);
@@ -105,6 +105,11 @@ static int convert_tarfs(struct layer_stream *s, const struct tarfs_options *opt
         long n = layer_stream_next(s, &chunk, err);
         if (n <= 0) {
             rc = (int)n;
+            break;
+        }
+        if (opts->max_image_size && offset + (uint64_t)n > opts->max_image_size) {
+            rc = vs_fail(err, -EFBIG, "the layer expands beyond the limit of %llu bytes",
+                         (unsigned long long)opts->max_image_size);
             break;
         }
         rc = tardev_index_feed(idx, chunk, (size_t)n, err);
@@ -166,7 +171,7 @@ int tarfs_convert_dir(const char *path, const struct tarfs_options *opts, const 
     result->compression = TARFS_COMPRESSION_NONE;
     if (opts->format != TARFS_FORMAT_EROFS)
         return vs_fail(err, -ENOTSUP, "a directory converts to erofs only (tarfs needs the original tar)");
-    struct erofs_writer *w = erofs_writer_new(sink, opts->tail_budget, err);
+    struct erofs_writer *w = erofs_writer_new(sink, opts->tail_budget, opts->max_image_size, err);
     if (!w)
         return err ? err->code : -ENOMEM;
     int rc = dir_source_read(path, w, opts, &result->entries, result->diff_id, err);

@@ -17,6 +17,7 @@ struct erofs_writer {
     struct tarfs_sink sink;
     struct tree *tree;
     size_t tail_budget;
+    uint64_t max_image_size; /* 0: no limit */
     uint64_t next_block; /* next free data block; block 0 is the superblock's */
     /* Staging of the file being streamed: blocks from stage_block, stage_len bytes. */
     uint8_t *stage;
@@ -35,7 +36,8 @@ struct erofs_writer {
     uint64_t block_index; /* image block number of block[] */
 };
 
-struct erofs_writer *erofs_writer_new(const struct tarfs_sink *sink, size_t tail_budget, struct vs_error *err)
+struct erofs_writer *erofs_writer_new(const struct tarfs_sink *sink, size_t tail_budget, uint64_t max_image_size,
+                                      struct vs_error *err)
 {
     struct erofs_writer *w = calloc(1, sizeof(*w));
     if (!w) {
@@ -44,6 +46,7 @@ struct erofs_writer *erofs_writer_new(const struct tarfs_sink *sink, size_t tail
     }
     w->sink = *sink;
     w->tail_budget = tail_budget ? tail_budget : DEFAULT_TAIL_BUDGET;
+    w->max_image_size = max_image_size;
     w->next_block = 1;
     w->stage = aligned_alloc(EROFS_BLKSZ, (size_t)STAGE_BLOCKS * EROFS_BLKSZ);
     w->tree = tree_new(err);
@@ -93,8 +96,19 @@ static int stage_flush_full(struct erofs_writer *w, struct vs_error *err)
     return 0;
 }
 
+static int check_size(const struct erofs_writer *w, uint64_t bytes, struct vs_error *err)
+{
+    if (w->max_image_size && bytes > w->max_image_size)
+        return vs_fail(err, -EFBIG, "the layer expands beyond the limit of %llu bytes",
+                       (unsigned long long)w->max_image_size);
+    return 0;
+}
+
 static int stage_append(struct erofs_writer *w, const void *data, size_t len, struct vs_error *err)
 {
+    int rc = check_size(w, w->stage_block * EROFS_BLKSZ + w->stage_len + len, err);
+    if (rc < 0)
+        return rc;
     const uint8_t *p = data;
     size_t cap = (size_t)STAGE_BLOCKS * EROFS_BLKSZ;
     while (len > 0) {
@@ -511,7 +525,7 @@ static int place_inodes(struct erofs_writer *w, struct vs_error *err)
     if (w->meta_blkaddr + meta_blocks > UINT32_MAX)
         return vs_fail(err, -EFBIG, "image would exceed 2^32 blocks");
     w->next_block = w->meta_blkaddr + meta_blocks;
-    return 0;
+    return check_size(w, w->next_block * EROFS_BLKSZ, err);
 }
 
 /* ---- emission ---- */

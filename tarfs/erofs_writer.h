@@ -9,8 +9,9 @@
 struct erofs_writer;
 
 /* Creates a writer over sink; tail_budget bounds the bytes of small-file tails held until the metadata is
- * written (0: the default). */
-struct erofs_writer *erofs_writer_new(const struct tarfs_sink *sink, size_t tail_budget, struct vs_error *err);
+ * written (0: the default); max_image_size refuses images that would grow beyond it (0: no limit). */
+struct erofs_writer *erofs_writer_new(const struct tarfs_sink *sink, size_t tail_budget, uint64_t max_image_size,
+                                      struct vs_error *err);
 void erofs_writer_free(struct erofs_writer *w);
 
 /* The tree that sources fill. */

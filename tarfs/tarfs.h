@@ -45,6 +45,9 @@ struct tarfs_options {
     /* Bytes of small-file tails kept in memory until the metadata is written; past it, tails get their own data
      * block. Bounds memory on layers with very many small files. 0 means the default (24 MiB). */
     size_t tail_budget;
+    /* Bytes the image may grow to; a layer that expands beyond it (a sparse file, a decompression bomb) is refused
+     * with -EFBIG before it fills the disk. 0: no limit. */
+    uint64_t max_image_size;
 };
 
 struct tarfs_result {

@@ -55,7 +55,7 @@ int cmd_verify(int argc, char **argv)
                 fputs(verify_usage, stderr);
                 return EXIT_USAGE;
             }
-            explicit_params = true;
+            explicit_params = explicit_params || (opt != OPT_MAX_SIZE && opt != OPT_STRICT);
         }
     }
     if (optind + 1 != argc) {

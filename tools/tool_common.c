@@ -76,6 +76,23 @@ int tool_parse_layer_option(int opt, const char *arg, struct layer_file_options 
         return parse_block_size(arg, &opts->params.data_block_size) < 0 ? -1 : 1;
     case OPT_HASH_BLOCK_SIZE:
         return parse_block_size(arg, &opts->params.hash_block_size) < 0 ? -1 : 1;
+    case OPT_MAX_SIZE: {
+        char *end;
+        unsigned long long v = strtoull(arg, &end, 10);
+        int shift = 0;
+        switch (*end) {
+        case 'K': shift = 10; break;
+        case 'M': shift = 20; break;
+        case 'G': shift = 30; break;
+        case 'T': shift = 40; break;
+        case '\0': break;
+        default: return -1;
+        }
+        if (end == arg || (*end && end[1]) || v > (UINT64_MAX >> shift))
+            return -1;
+        opts->tarfs.max_image_size = (uint64_t)v << shift;
+        return 1;
+    }
     case OPT_VERITY_FORMAT:
         if (strcmp(arg, "0") != 0 && strcmp(arg, "1") != 0)
             return -1;

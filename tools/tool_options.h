@@ -17,6 +17,7 @@ enum {
     OPT_HASH_OFFSET,
     OPT_LIST,
     OPT_NO_SIDECAR,
+    OPT_MAX_SIZE,
 };
 
 #define LAYER_LONG_OPTIONS                                                                                     \
@@ -26,7 +27,8 @@ enum {
         {"hash-algorithm", required_argument, NULL, OPT_HASH_ALGORITHM},                                        \
         {"data-block-size", required_argument, NULL, OPT_DATA_BLOCK_SIZE},                                      \
         {"hash-block-size", required_argument, NULL, OPT_HASH_BLOCK_SIZE},                                      \
-        {"verity-format", required_argument, NULL, OPT_VERITY_FORMAT}
+        {"verity-format", required_argument, NULL, OPT_VERITY_FORMAT},                                           \
+        {"max-size", required_argument, NULL, OPT_MAX_SIZE}
 
 #define LAYER_OPTIONS_HELP                                                                                     \
     "  --format erofs|tarfs      layer file format (default erofs; tarfs = original tar + tarfs index, AKS)\n"  \
@@ -38,6 +40,7 @@ enum {
     "  --hash-algorithm A        sha256 (default) or sha512\n"                                                   \
     "  --data-block-size N       512..4096 (default 4096)\n"                                                     \
     "  --hash-block-size N       512..4096 (default 4096)\n"                                                     \
-    "  --verity-format 0|1       dm-verity hash format (default 1)\n"
+    "  --verity-format 0|1       dm-verity hash format (default 1)\n"                                            \
+    "  --max-size BYTES[K|M|G|T] refuse a layer whose image would grow beyond this (default: no limit)\n"
 
 #endif

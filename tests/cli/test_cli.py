@@ -291,6 +291,29 @@ def test_bad_input_leaves_nothing(tmp):
         assert os.listdir(d) == [], f"{name}: left {os.listdir(d)}"
 
 
+def test_size_limit(tmp):
+    """A layer that expands beyond --max-size (here a 3 GiB sparse file in a 10 KiB tar) is refused before it fills
+    the disk: exit 1, a message, nothing left, in both formats; under the limit it converts."""
+    src = os.path.join(tmp, "sparse")
+    with open(src, "wb") as f:
+        f.truncate(3 << 30)
+        f.seek(1 << 20)
+        f.write(b"data")
+    tar = os.path.join(tmp, "s.tar")
+    run("tar", "--sparse", "-C", tmp, "-cf", tar, "sparse")
+    assert os.path.getsize(tar) < 1 << 20
+    out_dir = os.path.join(tmp, "out")
+    os.mkdir(out_dir)
+    for fmt, limit in (("erofs", "1G"), ("tarfs", "8K")):
+        p = run(VS, "convert", "--format", fmt, "--max-size", limit, "-o", os.path.join(out_dir, "l"), tar, check=False)
+        assert p.returncode == 1 and b"limit" in p.stderr, f"{fmt}: exit {p.returncode} {p.stderr.decode()}"
+        assert os.listdir(out_dir) == [], f"{fmt}: left {os.listdir(out_dir)}"
+    # tarfs keeps the tar as it is (10 KiB here): under a 1 MiB limit it converts.
+    j = convert(tar, os.path.join(out_dir, "l"), "--format", "tarfs", "--max-size", "1M")
+    assert j["size"] < 1 << 20 and os.path.exists(os.path.join(out_dir, "l"))
+    assert run(VS, "convert", "--max-size", "2X", "-o", os.path.join(out_dir, "l"), tar, check=False).returncode == 2
+
+
 def test_inspect_hostile_image(tmp):
     """A directory entry pointing back at the root (a loop) is refused with a message, not followed forever."""
     tar = os.path.join(tmp, "l.tar")
@@ -316,7 +339,8 @@ def test_inspect_hostile_image(tmp):
 
 
 TESTS = [test_help_version, test_determinism_and_compression, test_veritysetup_agrees, test_tamper,
-         test_tarfs_vectors, test_directory_source, test_bad_input_leaves_nothing, test_inspect_hostile_image]
+         test_tarfs_vectors, test_directory_source, test_bad_input_leaves_nothing, test_inspect_hostile_image,
+         test_size_limit]
 
 
 def main():
