@@ -273,17 +273,6 @@ static int put_label(struct snapshotter *s, int64_t id, const char *key, const c
     return rc;
 }
 
-static int sync_dir(const char *path, struct vs_error *err)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = 0;
-    if (fd < 0 || fsync(fd) < 0)
-        rc = vs_fail(err, -errno, "syncing '%s': %s", path, strerror(errno));
-    if (fd >= 0)
-        close(fd);
-    return rc;
-}
-
 /* ---- jobs: one conversion per id at a time ---- */
 
 static bool job_in_flight(struct blob_ingest *b, const char *id)
@@ -612,11 +601,8 @@ static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j
             rc = vs_fail(err, -errno, "renaming the layer file to '%s': %s", final, strerror(errno));
         else if ((renamed = true) && res.verity && rename(src_side, dst_side) < 0)
             rc = vs_fail(err, -errno, "renaming the sidecar to '%s': %s", dst_side, strerror(errno));
-        if (rc == 0) {
-            char ldir[PATH_MAX];
-            snprintf(ldir, sizeof(ldir), "%s/layers", s->root);
-            rc = sync_dir(ldir, err);
-        }
+        if (rc == 0)
+            rc = snap_sync_layers_dir(s, err);
     }
     if (rc == 0)
         rc = store_exec(s, "COMMIT", "committing", err);

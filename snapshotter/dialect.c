@@ -480,14 +480,8 @@ int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob
                          strerror(errno));
         } else {
             renamed = true;
-            char ldir[PATH_MAX];
-            snprintf(ldir, sizeof(ldir), "%s/layers", s->root);
-            int fd = open(ldir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (fd < 0 || fsync(fd) < 0)
-                rc = vs_fail(err, -errno, "tarfs conversion of snapshot '%s': syncing '%s': %s", key, ldir,
-                             strerror(errno));
-            if (fd >= 0)
-                close(fd);
+            if ((rc = snap_sync_layers_dir(s, err)) < 0)
+                vs_error_prefix(err, "tarfs conversion of snapshot '%s'", key);
         }
     }
     if (rc == 0) {

@@ -65,6 +65,10 @@ int store_fail(struct snapshotter *s, struct vs_error *err, const char *fmt, ...
 /* Reads a layer row by its id or by its snapshot's id; -ENOENT when none. */
 int store_layer_by_snapshot(struct snapshotter *s, int64_t snapshot_id, struct layer_row *out, struct vs_error *err);
 
+/* Fsyncs <root>/layers after a layer file was renamed into it, so the name survives a crash before the row that
+ * points at it commits. */
+int snap_sync_layers_dir(struct snapshotter *s, struct vs_error *err);
+
 /* A converted layer file to record: which snapshot, where, what format, from what source. */
 struct layer_record {
     int64_t snapshot_id;

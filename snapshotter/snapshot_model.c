@@ -720,6 +720,19 @@ static int tardev_layers_ready(struct snapshotter *s, const struct snapshot_call
     return blob_ingest_tarfs_chain(s, call, key, parent, err);
 }
 
+int snap_sync_layers_dir(struct snapshotter *s, struct vs_error *err)
+{
+    char ldir[PATH_MAX];
+    snprintf(ldir, sizeof(ldir), "%s/layers", s->root);
+    int fd = open(ldir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = 0;
+    if (fd < 0 || fsync(fd) < 0)
+        rc = vs_fail(err, -errno, "syncing '%s': %s", ldir, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
 int snapshotter_prepare(struct snapshotter *s, const struct snapshot_call *call, const char *key, const char *parent,
                         const struct snapshot_label *labels, size_t label_count, struct snapshot_mounts *out,
                         struct vs_error *err)
@@ -859,15 +872,8 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
         else if ((renamed = true) && opts.verity && rename(src_side, dst_side) < 0)
             rc = vs_fail(err, -errno, "commit of snapshot '%s': renaming the sidecar to '%s': %s", key, dst_side,
                          strerror(errno));
-        if (rc == 0) {
-            char ldir[PATH_MAX];
-            snprintf(ldir, sizeof(ldir), "%s/layers", s->root);
-            int fd = open(ldir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (fd < 0 || fsync(fd) < 0)
-                rc = vs_fail(err, -errno, "commit of snapshot '%s': syncing '%s': %s", key, ldir, strerror(errno));
-            if (fd >= 0)
-                close(fd);
-        }
+        if (rc == 0 && (rc = snap_sync_layers_dir(s, err)) < 0)
+            vs_error_prefix(err, "commit of snapshot '%s'", key);
     }
     int64_t now = snap_now_ns();
     sqlite3_stmt *st = NULL;
