@@ -64,6 +64,37 @@ void vs_hex_encode(const uint8_t *in, size_t len, char *out)
     out[2 * len] = '\0';
 }
 
+/* Decodes the UTF-8 sequence at s (at most n bytes); returns its length, or 0 when invalid (overlong,
+ * surrogate, above U+10FFFF, truncated). */
+size_t vs_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    size_t len;
+    uint32_t c, min;
+    if (s[0] < 0x80) {
+        *cp = s[0];
+        return 1;
+    } else if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+        len = 2, c = s[0] & 0x1f, min = 0x80;
+    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+        len = 3, c = s[0] & 0x0f, min = 0x800;
+    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+        len = 4, c = s[0] & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        c = c << 6 | (s[i] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    *cp = c;
+    return len;
+}
+
 int vs_hex_digit(char c)
 {
     if (c >= '0' && c <= '9')

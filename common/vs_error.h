@@ -29,6 +29,10 @@ void vs_error_clear(struct vs_error *err);
 /* True when code means the input itself is bad (exit code 1 in the tools, INVALID_ARGUMENT on the wire). */
 int vs_error_is_bad_input(int code);
 
+/* Decodes the UTF-8 sequence at s (at most n bytes) into *cp; returns its length, or 0 when invalid (overlong,
+ * surrogate, above U+10FFFF, truncated). */
+size_t vs_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp);
+
 /* The value of one hex digit (any case), or -1. */
 int vs_hex_digit(char c);
 

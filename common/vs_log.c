@@ -1,5 +1,6 @@
 /* The logger: formats a whole line in memory, then writes it once under a lock. */
 #include "vs_log.h"
+#include "vs_error.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -86,31 +87,6 @@ static void put_str(struct line *l, const char *s)
     put(l, s, strlen(s));
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 (overlong, surrogate, > U+10FFFF, cut). */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    size_t len;
-    uint32_t c, min;
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf)
-        len = 2, c = s[0] & 0x1f, min = 0x80;
-    else if (s[0] >= 0xe0 && s[0] <= 0xef)
-        len = 3, c = s[0] & 0x0f, min = 0x800;
-    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-        len = 4, c = s[0] & 0x07, min = 0x10000;
-    else
-        return 0;
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        c = c << 6 | (s[i] & 0x3f);
-    }
-    return c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff) ? 0 : len;
-}
-
 static bool needs_quotes(const char *value)
 {
     if (!*value || !strcmp(value, "null"))
@@ -120,7 +96,8 @@ static bool needs_quotes(const char *value)
     for (size_t i = 0; i < n;) {
         if (s[i] <= ' ' || s[i] == '=' || s[i] == '"' || s[i] == 0x7f)
             return true;
-        size_t len = utf8_len(s + i, n - i);
+        uint32_t cp;
+        size_t len = vs_utf8_decode(s + i, n - i, &cp);
         if (!len)
             return true;
         i += len;
@@ -153,7 +130,8 @@ static void put_value(struct line *l, const char *value)
             break;
         unsigned char c = s[i];
         if (c >= 0x80) {
-            size_t len = utf8_len(s + i, n - i);
+            uint32_t cp;
+            size_t len = vs_utf8_decode(s + i, n - i, &cp);
             if (len)
                 put(l, value + i, len);
             else

@@ -369,37 +369,6 @@ static int fail_nomem(const struct parser *ps)
     return vs_fail(ps->err, -ENOMEM, "%s:%d: out of memory", ps->doc->source, ps->line);
 }
 
-/* Decodes the UTF-8 sequence at s (at most n bytes); returns its length, or 0 when invalid (overlong,
- * surrogate, above U+10FFFF, truncated). */
-static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
-{
-    size_t len;
-    uint32_t c, min;
-    if (s[0] < 0x80) {
-        *cp = s[0];
-        return 1;
-    } else if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        len = 2, c = s[0] & 0x1f, min = 0x80;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        len = 3, c = s[0] & 0x0f, min = 0x800;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        len = 4, c = s[0] & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        c = c << 6 | (s[i] & 0x3f);
-    }
-    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-        return 0;
-    *cp = c;
-    return len;
-}
-
 /* What the character at `at` is, for messages ("'x'", "U+00E9", "end of line", "end of file"). */
 static const char *describe(const struct parser *ps, const char *at, char *buf, size_t cap)
 {
@@ -415,7 +384,7 @@ static const char *describe(const struct parser *ps, const char *at, char *buf, 
         return buf;
     }
     uint32_t cp = 0;
-    utf8_decode((const unsigned char *)at, (size_t)(ps->end - at), &cp);
+    vs_utf8_decode((const unsigned char *)at, (size_t)(ps->end - at), &cp);
     snprintf(buf, cap, "U+%04X", (unsigned)cp);
     return buf;
 }
@@ -441,7 +410,7 @@ static int check_encoding(struct parser *ps)
         } else if (*s < 0x80) {
             return fail_at(ps, ps->p, "control character U+%04X is not allowed", *s);
         } else {
-            size_t n = utf8_decode(s, (size_t)(ps->end - ps->p), &cp);
+            size_t n = vs_utf8_decode(s, (size_t)(ps->end - ps->p), &cp);
             if (!n)
                 return fail_at(ps, ps->p, "invalid UTF-8");
             ps->p += n;
