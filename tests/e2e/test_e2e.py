@@ -375,6 +375,11 @@ class E2E:
         self.stop_daemon()
         self.daemon_restarts += 1
         self.start_daemon()
+        # The socket file appears when the daemon binds, a moment before it accepts; and containerd, if it dialled
+        # in that window (its snapshot GC does), backs off before dialling again. Ready means containerd gets
+        # through, as a node's kubelet retrying would find.
+        wait_for(lambda: self.ctr("snapshots", "--snapshotter", PLUGIN, "ls", check=False).returncode == 0,
+                 "containerd to reach the restarted daemon", self.daemon)
 
     def start_containerd(self):
         cfg = os.path.join(self.tmp, "containerd.toml")
