@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Configures and builds veritysnap. Usage: scripts/build.sh [BUILD_DIR] [BUILD_TYPE]   (defaults: build Release)
-# Build types: Release, Debug, Asan (AddressSanitizer + UndefinedBehaviorSanitizer).
+# Build types: Release, Debug, Asan (AddressSanitizer + UndefinedBehaviorSanitizer), Tsan (ThreadSanitizer).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 dir=${1:-$top/build}

@@ -544,7 +544,7 @@ static void test_blob_tardev(void)
     mkdir(content_dir, 0755);
     mkdir(nsdir, 0755);
     const char *names[3] = {"b1.tar", "b2.tar", "b3.tar"};
-    char tars[3][400], d[3][80], chain[3][80], keys[3][200], roots[3][65];
+    char tars[3][400], d[3][80], chain[3][80], keys[3][256], roots[3][65];
     make_tar(names[0], "b1.txt", "blob one\n");
     make_tar(names[1], "b2.txt", "blob two\n");
     make_tar(names[2], "b3.txt", "blob three\n");
