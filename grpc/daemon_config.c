@@ -35,6 +35,11 @@ static const char default_text[] =
     "# a decompression bomb) is refused before it fills the disk. 0 means no limit.\n"
     "max_layer_size = 0\n"
     "\n"
+    "# The layer-src-prefix kata-tardev mounts name (the directory the guest finds layer files under); \"\" means\n"
+    "# <root>/layers. AKS policies made by genpolicy expect\n"
+    "# /var/lib/containerd/io.containerd.snapshotter.v1.tardev/layers: see docs/kata.md.\n"
+    "tardev_layer_src_prefix = \"\"\n"
+    "\n"
     "# One [[listen]] table per socket; each is one containerd proxy plugin, e.g. in containerd's "
     "config.toml:\n"
     "#   [proxy_plugins.veritysnap]\n"
@@ -95,6 +100,7 @@ void vs_daemon_config_free(struct vs_daemon_config *config)
     free(config->root);
     free(config->containerd_address);
     free(config->log_level);
+    free(config->tardev_layer_src_prefix);
     for (size_t i = 0; i < config->listen_count; i++)
         listen_free(&config->listen[i]);
     free(config->listen);
@@ -124,6 +130,7 @@ int vs_daemon_config_default(struct vs_daemon_config *config, struct vs_error *e
     if ((r = set_string(&config->root, VS_DEFAULT_ROOT, err)) < 0 ||
         (r = set_string(&config->containerd_address, VS_DEFAULT_CONTAINERD_ADDRESS, err)) < 0 ||
         (r = set_string(&config->log_level, "info", err)) < 0 ||
+        (r = set_string(&config->tardev_layer_src_prefix, "", err)) < 0 ||
         (r = set_string(&config->listen[0].address, VS_DEFAULT_SOCKET, err)) < 0 ||
         (r = set_string(&config->listen[0].group, "", err)) < 0 ||
         (r = set_string(&config->listen[0].dialect, "host", err)) < 0) {
@@ -199,8 +206,8 @@ int vs_daemon_config_load(struct vs_daemon_config *config, const char *path, boo
     if (!doc)
         return err->code;
     const struct vs_toml_table *root = vs_toml_root(doc);
-    static const char *const allowed[] = {"root",   "verity", "containerd_address", "log_level",
-                                          "listen", "max_layer_size", NULL};
+    static const char *const allowed[] = {"root",           "verity", "containerd_address",      "log_level",
+                                          "listen",         "max_layer_size", "tardev_layer_src_prefix", NULL};
     int r = vs_toml_unknown_keys(root, allowed, err);
     if (r < 0)
         goto out;
@@ -223,6 +230,10 @@ int vs_daemon_config_load(struct vs_daemon_config *config, const char *path, boo
     if (r == 0)
         config->max_layer_size = (uint64_t)max_layer_size;
     else if (r != -ENOENT)
+        goto out;
+    if ((r = get_string(root, "tardev_layer_src_prefix", &config->tardev_layer_src_prefix, err)) < 0 ||
+        (config->tardev_layer_src_prefix[0] &&
+         (r = check_absolute(root, "tardev_layer_src_prefix", config->tardev_layer_src_prefix, err)) < 0))
         goto out;
     if ((r = get_string(root, "log_level", &config->log_level, err)) < 0)
         goto out;

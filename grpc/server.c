@@ -1,11 +1,13 @@
-/* The transport: one gRPC C-core server per listening socket, a pool of workers, one call per worker at a
+/* The transport: one gRPC C-core server per listening socket, two lanes of workers, one call per worker at a
  * time.
  *
- * Every requested call gets its own pluck completion queue; new-call notifications and the shutdown tag
- * arrive on one shared "next" queue that the workers wait on. A worker that takes a call posts a fresh
- * request for that method at once, then runs the call to its end alone, plucking each batch from the call's
- * own queue, so a long Commit holds one worker and never the others (containerd's suite Stats inside an open
- * List stream). */
+ * Every requested call gets its own pluck completion queue; new-call notifications arrive on its lane's
+ * "next" queue that the lane's workers wait on. A worker that takes a call posts a fresh request for that
+ * method at once, then runs the call to its end alone, plucking each batch from the call's own queue, so a
+ * long Commit holds one worker and never the others (containerd's suite Stats inside an open List stream).
+ * Calls that may convert a layer or wait for one (Prepare, View, Commit, Mounts, Remove, Usage, Cleanup, and
+ * Stat on kata-tardev sockets) take the slow lane; Stat, Update and List, which only read or write the store,
+ * take the fast lane, so that any number of long conversions (parallel pulls) never delays them. */
 #include "vs_grpc.h"
 #include "wire_internal.h"
 
@@ -35,6 +37,30 @@
 #define REQUESTS_PER_METHOD 2
 #define METHOD_GENERIC WIRE_METHOD_COUNT /* any other method: answered UNIMPLEMENTED */
 
+enum lane { LANE_SLOW, LANE_FAST, LANE_COUNT };
+
+static enum lane method_lane(enum snapshot_dialect dialect, int method)
+{
+    switch (method) {
+    case WIRE_STAT:
+        /* On kata-tardev, Stat of a layer builds its missing tarfs form (snapshot_model.c). */
+        return dialect == SNAPSHOT_DIALECT_KATA_TARDEV ? LANE_SLOW : LANE_FAST;
+    case WIRE_UPDATE:
+    case WIRE_LIST:
+    case METHOD_GENERIC:
+        return LANE_FAST;
+    default:
+        return LANE_SLOW;
+    }
+}
+
+struct vs_grpc_server;
+struct lane_worker {
+    struct vs_grpc_server *srv;
+    enum lane lane;
+    pthread_t thread;
+};
+
 struct request_slot {
     struct vs_grpc_server *srv;
     int method;
@@ -49,14 +75,20 @@ struct request_slot {
 struct vs_grpc_server {
     struct snapshotter *snap;
     grpc_server *server;
-    grpc_completion_queue *ncq; /* notifications: new calls and the shutdown tag */
+    grpc_completion_queue
+        *lane_cq[LANE_COUNT]; /* notifications: new calls; the slow lane's also the shutdown tag */
     void *methods[WIRE_METHOD_COUNT];
     pthread_mutex_t post_lock; /* orders request posting against shutdown_and_notify */
     bool stopping;
     char shutdown_tag;
-    pthread_t workers[VS_GRPC_WORKERS];
+    struct lane_worker workers[VS_GRPC_WORKERS + VS_GRPC_FAST_WORKERS];
     size_t worker_count;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    /* Where the socket is bound until the server accepts calls; then renamed to path, so that a socket at
+     * path always answers (containerd and anything waiting for the path never dial a server that is not
+     * serving). */
+    char bind_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    bool serving; /* renamed to path */
     char dialect[32];
     enum snapshot_dialect dialect_id; /* travels with every call (struct snapshot_call) */
     char group[64];
@@ -110,16 +142,17 @@ static int post_request(struct vs_grpc_server *srv, int method)
 
     grpc_call_error e = GRPC_CALL_ERROR;
     grpc_completion_queue *call_cq = slot->cq; /* the slot is not ours to read once published */
+    grpc_completion_queue *notify_cq = srv->lane_cq[method_lane(srv->dialect_id, method)];
     SLOT_PUBLISHED(slot);
     pthread_mutex_lock(&srv->post_lock);
     if (!srv->stopping) {
         if (method == METHOD_GENERIC)
             e = grpc_server_request_call(srv->server, &slot->call, &slot->details, &slot->metadata, call_cq,
-                                         srv->ncq, slot);
+                                         notify_cq, slot);
         else
             e = grpc_server_request_registered_call(srv->server, srv->methods[method], &slot->call,
                                                     &slot->deadline, &slot->metadata, &slot->payload, call_cq,
-                                                    srv->ncq, slot);
+                                                    notify_cq, slot);
     }
     pthread_mutex_unlock(&srv->post_lock);
     if (e != GRPC_CALL_OK) {
@@ -249,18 +282,28 @@ static void serve_call(struct vs_grpc_server *srv, struct request_slot *slot)
         pluck(slot->cq, &tag_close);
 }
 
+/* The shutdown tag arrives on the slow lane after every outstanding request (of both lanes) was failed and
+ * published: no new event can arrive on either queue, so both may shut down (they still deliver what they
+ * hold). */
+static void shutdown_lanes(struct vs_grpc_server *srv)
+{
+    for (int l = 0; l < LANE_COUNT; l++)
+        grpc_completion_queue_shutdown(srv->lane_cq[l]);
+}
+
 static void *worker_main(void *arg)
 {
-    struct vs_grpc_server *srv = arg;
+    struct lane_worker *w = arg;
+    struct vs_grpc_server *srv = w->srv;
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(srv->ncq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        grpc_event ev =
+            grpc_completion_queue_next(srv->lane_cq[w->lane], gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
         if (ev.type != GRPC_OP_COMPLETE)
             continue;
         if (ev.tag == &srv->shutdown_tag) {
-            /* Every request failed before this tag was published: nothing else will arrive. */
-            grpc_completion_queue_shutdown(srv->ncq);
+            shutdown_lanes(srv);
             continue;
         }
         struct request_slot *slot = ev.tag;
@@ -342,6 +385,11 @@ static int claim_socket(struct vs_grpc_server *srv, struct vs_error *err)
                            srv->path, lock);
         return vs_fail(err, -errno, "socket lock %s: %s", lock, strerror(errno));
     }
+    /* A socket left at the bind path by a run that crashed while starting is ours to remove: we hold the
+     * lock. */
+    if (unlink(srv->bind_path) < 0 && errno != ENOENT)
+        return vs_fail(err, -errno, "socket %s: removing a leftover %s: %s", srv->path, srv->bind_path,
+                       strerror(errno));
     struct stat st;
     if (lstat(srv->path, &st) < 0) {
         if (errno == ENOENT)
@@ -382,8 +430,8 @@ static int bind_socket(struct vs_grpc_server *srv, const struct vs_grpc_listen *
         if (r < 0)
             return r;
     }
-    char target[sizeof(srv->path) + 8];
-    snprintf(target, sizeof(target), "unix:%s", srv->path);
+    char target[sizeof(srv->bind_path) + 8];
+    snprintf(target, sizeof(target), "unix:%s", srv->bind_path);
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
     mode_t old = umask(0177);
     int port = grpc_server_add_http2_port(srv->server, target, creds);
@@ -393,14 +441,14 @@ static int bind_socket(struct vs_grpc_server *srv, const struct vs_grpc_listen *
         return vs_fail(err, -EADDRNOTAVAIL, "socket %s: gRPC could not listen on it (see the log above)",
                        srv->path);
     uid_t uid = geteuid() == 0 ? 0 : (uid_t)-1;
-    if ((uid != (uid_t)-1 || gid != (gid_t)-1) && chown(srv->path, uid, gid) < 0)
-        return vs_fail(err, -errno, "socket %s: chown to group %s: %s", srv->path, listen->group,
+    if ((uid != (uid_t)-1 || gid != (gid_t)-1) && chown(srv->bind_path, uid, gid) < 0)
+        return vs_fail(err, -errno, "socket %s: chown to group %s: %s", srv->bind_path, listen->group,
                        strerror(errno));
-    if (chmod(srv->path, 0660) < 0)
-        return vs_fail(err, -errno, "socket %s: chmod: %s", srv->path, strerror(errno));
+    if (chmod(srv->bind_path, 0660) < 0)
+        return vs_fail(err, -errno, "socket %s: chmod: %s", srv->bind_path, strerror(errno));
     struct stat st;
-    if (stat(srv->path, &st) < 0)
-        return vs_fail(err, -errno, "socket %s: %s", srv->path, strerror(errno));
+    if (stat(srv->bind_path, &st) < 0)
+        return vs_fail(err, -errno, "socket %s: %s", srv->bind_path, strerror(errno));
     srv->sock_dev = st.st_dev;
     srv->sock_ino = st.st_ino;
     return 0;
@@ -412,12 +460,14 @@ static void server_free(struct vs_grpc_server *srv)
 {
     if (srv->server)
         grpc_server_destroy(srv->server);
-    if (srv->ncq)
-        grpc_completion_queue_destroy(srv->ncq);
+    for (int l = 0; l < LANE_COUNT; l++)
+        if (srv->lane_cq[l])
+            grpc_completion_queue_destroy(srv->lane_cq[l]);
+    /* Our socket only: another daemon may hold the path by now (after a failed start, for example). */
+    const char *bound = srv->serving ? srv->path : srv->bind_path;
     struct stat st;
-    if (srv->sock_ino && lstat(srv->path, &st) == 0 && st.st_dev == srv->sock_dev &&
-        st.st_ino == srv->sock_ino)
-        unlink(srv->path);
+    if (srv->sock_ino && lstat(bound, &st) == 0 && st.st_dev == srv->sock_dev && st.st_ino == srv->sock_ino)
+        unlink(bound);
     /* The lock file stays: removing it would let a third process lock a new file while a second holds the
      * old. */
     if (srv->lock_fd >= 0)
@@ -433,19 +483,22 @@ static void shutdown_without_workers(struct vs_grpc_server *srv)
         return;
     pthread_mutex_lock(&srv->post_lock);
     srv->stopping = true;
-    grpc_server_shutdown_and_notify(srv->server, srv->ncq, &srv->shutdown_tag);
+    grpc_server_shutdown_and_notify(srv->server, srv->lane_cq[LANE_SLOW], &srv->shutdown_tag);
     pthread_mutex_unlock(&srv->post_lock);
     grpc_server_cancel_all_calls(srv->server);
-    for (;;) {
-        grpc_event ev = grpc_completion_queue_next(srv->ncq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-        if (ev.type == GRPC_QUEUE_SHUTDOWN)
-            break;
-        if (ev.type != GRPC_OP_COMPLETE)
-            continue;
-        if (ev.tag == &srv->shutdown_tag)
-            grpc_completion_queue_shutdown(srv->ncq);
-        else
-            slot_free(ev.tag);
+    for (int l = 0; l < LANE_COUNT; l++) {
+        for (;;) {
+            grpc_event ev =
+                grpc_completion_queue_next(srv->lane_cq[l], gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+            if (ev.type == GRPC_QUEUE_SHUTDOWN)
+                break;
+            if (ev.type != GRPC_OP_COMPLETE)
+                continue;
+            if (ev.tag == &srv->shutdown_tag)
+                shutdown_lanes(srv);
+            else
+                slot_free(ev.tag);
+        }
     }
 }
 
@@ -474,13 +527,15 @@ int vs_grpc_server_new(const struct vs_grpc_listen *listen, struct vs_grpc_serve
     }
     snprintf(srv->group, sizeof(srv->group), "%s",
              listen->group && listen->group[0] ? listen->group : "root");
-    if (strlen(path) >= sizeof(srv->path)) {
+    if (strlen(path) + strlen(".new") >= sizeof(srv->path)) {
         server_free(srv);
         return vs_fail(err, -ENAMETOOLONG,
-                       "listen address %s: longer than a unix socket path may be (%zu bytes)", path,
-                       sizeof(srv->path) - 1);
+                       "listen address %s: longer than a unix socket path may be here (%zu bytes: the "
+                       "socket is bound as <address>.new first)",
+                       path, sizeof(srv->path) - 1 - strlen(".new"));
     }
     memcpy(srv->path, path, strlen(path) + 1);
+    snprintf(srv->bind_path, sizeof(srv->bind_path), "%s.new", path);
     int r = claim_socket(srv, err);
     if (r < 0) {
         server_free(srv);
@@ -497,8 +552,10 @@ int vs_grpc_server_new(const struct vs_grpc_listen *listen, struct vs_grpc_serve
     };
     grpc_channel_args channel_args = {.num_args = 2, .args = args};
     srv->server = grpc_server_create(&channel_args, NULL);
-    srv->ncq = grpc_completion_queue_create_for_next(NULL);
-    grpc_server_register_completion_queue(srv->server, srv->ncq, NULL);
+    for (int l = 0; l < LANE_COUNT; l++) {
+        srv->lane_cq[l] = grpc_completion_queue_create_for_next(NULL);
+        grpc_server_register_completion_queue(srv->server, srv->lane_cq[l], NULL);
+    }
     for (int m = 0; m < WIRE_METHOD_COUNT; m++) {
         char method[128];
         snprintf(method, sizeof(method), "/%s/%s", VS_SNAPSHOTS_SERVICE, wire_method_names[m]);
@@ -525,13 +582,20 @@ int vs_grpc_server_start(struct vs_grpc_server *srv, struct snapshotter *s, stru
     for (int m = 0; m <= METHOD_GENERIC; m++)
         for (int i = 0; i < REQUESTS_PER_METHOD; i++)
             post_request(srv, m);
-    for (size_t i = 0; i < VS_GRPC_WORKERS; i++) {
-        if (pthread_create(&srv->workers[i], NULL, worker_main, srv) != 0)
-            break;
+    for (size_t i = 0; i < VS_GRPC_WORKERS + VS_GRPC_FAST_WORKERS; i++) {
+        struct lane_worker *w = &srv->workers[srv->worker_count];
+        w->srv = srv;
+        w->lane = i < VS_GRPC_WORKERS ? LANE_SLOW : LANE_FAST;
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+            return vs_fail(err, -EAGAIN, "socket %s: cannot start worker threads", srv->path);
         srv->worker_count++;
     }
-    if (!srv->worker_count)
-        return vs_fail(err, -EAGAIN, "socket %s: cannot start worker threads", srv->path);
+    /* Serving: only now does the socket appear at its address (rename is atomic; a stale socket there was
+     * removed when it was claimed). */
+    if (rename(srv->bind_path, srv->path) < 0)
+        return vs_fail(err, -errno, "socket %s: renaming %s to it: %s", srv->path, srv->bind_path,
+                       strerror(errno));
+    srv->serving = true;
     vs_log(VS_LOG_INFO, "listening", "address", srv->path, "dialect", srv->dialect, "group", srv->group,
            NULL);
     return 0;
@@ -546,11 +610,11 @@ void vs_grpc_server_stop(struct vs_grpc_server *srv)
     } else {
         pthread_mutex_lock(&srv->post_lock);
         srv->stopping = true;
-        grpc_server_shutdown_and_notify(srv->server, srv->ncq, &srv->shutdown_tag);
+        grpc_server_shutdown_and_notify(srv->server, srv->lane_cq[LANE_SLOW], &srv->shutdown_tag);
         pthread_mutex_unlock(&srv->post_lock);
         grpc_server_cancel_all_calls(srv->server);
         for (size_t i = 0; i < srv->worker_count; i++)
-            pthread_join(srv->workers[i], NULL);
+            pthread_join(srv->workers[i].thread, NULL);
         vs_log(VS_LOG_INFO, "stopped listening", "address", srv->path, NULL);
     }
     server_free(srv);

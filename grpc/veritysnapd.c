@@ -5,10 +5,13 @@
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <grpc/grpc.h>
@@ -168,6 +171,31 @@ static int apply_flags(struct vs_daemon_config *config, const struct flags *f, s
 
 /* The signals are blocked in every thread (the mask is inherited by gRPC's and the workers' threads) and read
  * from a signalfd by the main thread alone. */
+/* Tells the service manager (systemd's Type=notify, or anything speaking its datagram protocol) how the daemon
+ * stands: READY=1 once every socket serves, STOPPING=1 at shutdown. Without NOTIFY_SOCKET it does nothing. */
+static void notify_service_manager(const char *state)
+{
+    const char *addr = getenv("NOTIFY_SOCKET");
+    if (!addr || (addr[0] != '/' && addr[0] != '@'))
+        return;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t len = strlen(addr);
+    if (len >= sizeof(sa.sun_path)) {
+        vs_log(VS_LOG_WARN, "NOTIFY_SOCKET is too long; not notifying", "notify_socket", addr, NULL);
+        return;
+    }
+    memcpy(sa.sun_path, addr, len);
+    if (addr[0] == '@')
+        sa.sun_path[0] = '\0'; /* abstract namespace */
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+                         (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
+        vs_log(VS_LOG_WARN, "cannot notify the service manager", "notify_socket", addr, "error", strerror(errno),
+               NULL);
+    if (fd >= 0)
+        close(fd);
+}
+
 static int wait_for_signal(int sfd)
 {
     for (;;) {
@@ -223,6 +251,7 @@ int main(int argc, char **argv)
     struct snapshotter_content content;
     layer_file_options_default(&sc.layer);
     sc.layer.tarfs.max_image_size = config.max_layer_size;
+    sc.tardev_layer_prefix = config.tardev_layer_src_prefix;
     struct snapshotter *snap = NULL;
     struct vs_grpc_server **servers = calloc(config.listen_count, sizeof(*servers));
     int status = 1;
@@ -267,8 +296,10 @@ int main(int argc, char **argv)
     vs_log(VS_LOG_INFO, "veritysnapd started", "version", VS_VERSION, "root", config.root, "verity",
            vs_daemon_verity_mode_name(config.verity), "containerd_address",
            config.containerd_address ? config.containerd_address : "", NULL);
+    notify_service_manager("READY=1\nSTATUS=serving");
     int sig = wait_for_signal(sfd);
     vs_log(VS_LOG_INFO, "stopping", "signal", sig > 0 ? strsignal(sig) : "error", NULL);
+    notify_service_manager("STOPPING=1");
     status = 0;
 out:
     for (size_t i = 0; servers && i < config.listen_count; i++)

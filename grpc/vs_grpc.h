@@ -13,7 +13,8 @@
 #include "snapshotter/snapshotter.h"
 
 #define VS_GRPC_MAX_MESSAGE (16 * 1024 * 1024) /* containerd's limit for proxy plugins, both directions */
-#define VS_GRPC_WORKERS 8                      /* calls served at once per socket */
+#define VS_GRPC_WORKERS 8                      /* slow calls (Prepare, Commit...) served at once per socket */
+#define VS_GRPC_FAST_WORKERS 2                 /* Stat, Update and List, served beside them */
 #define VS_GRPC_LIST_BATCH 100                 /* Info items per List stream message */
 #define VS_GRPC_LABEL_MAX 4096                 /* containerd's limit on a label's key + value */
 
@@ -69,6 +70,7 @@ struct vs_daemon_config {
     char *containerd_address;
     char *log_level;                 /* error, warn, info, debug */
     uint64_t max_layer_size;         /* bytes a layer file's image may grow to; 0: no limit */
+    char *tardev_layer_src_prefix;   /* kata-tardev layer-src-prefix; "": <root>/layers (docs/kata.md) */
     struct vs_daemon_listen *listen; /* at least one */
     size_t listen_count;
 };

@@ -1,10 +1,10 @@
 /* The Kata mount dialects: what the snapshot model returns for container root filesystems on a socket whose
- * [[listen]] table says dialect = "kata-erofs" or "kata-tardev" (the host dialect lives in snapshot_model.c and
- * host_mount.c). Neither mounts anything on the host: the layers reach the VM as block devices and the guest sets
- * up dm-verity itself. Formats and their sources: docs/formats.md, "Kata dialects".
+ * [[listen]] table says dialect = "kata-erofs" or "kata-tardev" (the host dialect lives in snapshot_model.c
+ * and host_mount.c). Neither mounts anything on the host: the layers reach the VM as block devices and the
+ * guest sets up dm-verity itself. Formats and their sources: docs/formats.md, "Kata dialects".
  *
- * Also here: the tarfs variant of a committed layer (snapshotter_layer_add_tarfs), which the kata-tardev dialect
- * needs and only the blob path can produce (tarfs keeps the original tar). */
+ * Also here: the tarfs variant of a committed layer (snapshotter_layer_add_tarfs), which the kata-tardev
+ * dialect needs and only the blob path can produce (tarfs keeps the original tar). */
 #include "snapshotter/dialect.h"
 
 #include <errno.h>
@@ -35,9 +35,12 @@ int snapshot_dialect_parse(const char *text, enum snapshot_dialect *out)
 const char *snapshot_dialect_name(enum snapshot_dialect dialect)
 {
     switch (dialect) {
-    case SNAPSHOT_DIALECT_HOST: return "host";
-    case SNAPSHOT_DIALECT_KATA_EROFS: return "kata-erofs";
-    case SNAPSHOT_DIALECT_KATA_TARDEV: return "kata-tardev";
+    case SNAPSHOT_DIALECT_HOST:
+        return "host";
+    case SNAPSHOT_DIALECT_KATA_EROFS:
+        return "kata-erofs";
+    case SNAPSHOT_DIALECT_KATA_TARDEV:
+        return "kata-tardev";
     }
     return "unknown";
 }
@@ -56,9 +59,20 @@ bool dialect_is_extract_key(const char *key)
     }
 }
 
-bool dialect_shapes(enum snapshot_dialect d, const char *key)
+bool dialect_is_differ_view_key(const char *key)
 {
-    return d != SNAPSHOT_DIALECT_HOST && !dialect_is_extract_key(key);
+    if (!key)
+        return false;
+    const char *last = strrchr(key, '/');
+    return strstr(last ? last + 1 : key, "-view-") != NULL;
+}
+
+bool dialect_shapes(enum snapshot_dialect d, enum snapshot_kind kind, const char *key)
+{
+    if (d == SNAPSHOT_DIALECT_HOST || dialect_is_extract_key(key))
+        return false;
+    /* Only views: a container's own (active) snapshot always gets the Kata mounts, whatever its name. */
+    return kind == SNAPSHOT_KIND_ACTIVE || !dialect_is_differ_view_key(key);
 }
 
 void snapshot_tardev_layer_name(const char *key, char out[65])
@@ -157,8 +171,8 @@ static void snap_path(const struct snapshotter *s, int64_t id, const char *sub, 
     snprintf(out, cap, "%s/snapshots/%lld/%s", s->root, (long long)id, sub);
 }
 
-/* A snapshot without parents: a bind of its own directory, as containerd's overlay and EROFS snapshotters (and
- * tardev-snapshotter) return it. */
+/* A snapshot without parents: a bind of its own directory, as containerd's overlay and EROFS snapshotters
+ * (and tardev-snapshotter) return it. */
 static int bind_own_dir(struct snapshotter *s, int64_t id, int kind, struct snapshot_mounts *out,
                         struct vs_error *err)
 {
@@ -209,7 +223,8 @@ static int chain_ids(struct snapshotter *s, int64_t parent_id, int64_t **ids, si
 /* ---- kata-erofs: containerd's EROFS snapshotter (2.2+, non-block mode) ---- */
 
 /* {type: erofs, source: <layer file>, options: [ro, loop, X-containerd.dmverity=<layer file>.dmverity]}; the
- * dm-verity option only when the sidecar exists (containerd's dmverity_mode "auto"; runtime-rs reads the path). */
+ * dm-verity option only when the sidecar exists (containerd's dmverity_mode "auto"; runtime-rs reads the
+ * path). */
 static int erofs_layer_mount(struct snapshotter *s, const struct layer_row *l, struct snapshot_mounts *out,
                              struct vs_error *err)
 {
@@ -223,10 +238,11 @@ static int erofs_layer_mount(struct snapshotter *s, const struct layer_row *l, s
     size_t n = 2;
     if (l->verity) {
         if (stat(side, &st) < 0)
-            return vs_fail(err, -errno,
-                           "layer '%s' of snapshot '%s': its dm-verity sidecar '%s' is missing (%s): kata-erofs "
-                           "mounts pass it to the Kata runtime",
-                           path, l->key, side, strerror(errno));
+            return vs_fail(
+                err, -errno,
+                "layer '%s' of snapshot '%s': its dm-verity sidecar '%s' is missing (%s): kata-erofs "
+                "mounts pass it to the Kata runtime",
+                path, l->key, side, strerror(errno));
         opts[n++] = fmt("X-containerd.dmverity=%s", side);
     }
     return push_mount(out, "erofs", strdup(path), opts, n, err);
@@ -264,7 +280,8 @@ static int kata_erofs_mounts(struct snapshotter *s, int64_t id, int kind, const 
 
 /* ---- kata-tardev: tardev-snapshotter's fuse3.kata-overlay ---- */
 
-static int tardev_layer_option(struct snapshotter *s, int64_t id, char **opt, char **name, struct vs_error *err)
+static int tardev_layer_option(struct snapshotter *s, int64_t id, char **opt, char **name,
+                               struct vs_error *err)
 {
     *opt = *name = NULL;
     sqlite3_stmt *st;
@@ -280,22 +297,24 @@ static int tardev_layer_option(struct snapshotter *s, int64_t id, char **opt, ch
         rc = store_fail(s, err, "reading the tarfs layer of snapshot #%lld", (long long)id);
     } else if (sqlite3_column_type(st, 0) == SQLITE_NULL) {
         const unsigned char *key = sqlite3_column_text(st, 2);
-        rc = vs_fail(err, -EBUSY,
-                     "layer '%s' has no tarfs file: the kata-tardev dialect needs every layer in tarfs format, which "
-                     "only the blob path builds (tarfs keeps the original tar, a layer unpacked into a directory "
-                     "cannot be turned back into it); pull with containerd's CRI and "
-                     "disable_snapshot_annotations = false so that Prepare carries "
-                     "containerd.io/snapshot/cri.layer-digest (see docs/kata.md)",
-                     key ? (const char *)key : "?");
+        rc = vs_fail(
+            err, -EBUSY,
+            "layer '%s' has no tarfs file: the kata-tardev dialect needs every layer in tarfs format, which "
+            "only the blob path builds (tarfs keeps the original tar, a layer unpacked into a directory "
+            "cannot be turned back into it); pull with containerd's CRI and "
+            "disable_snapshot_annotations = false so that Prepare carries "
+            "containerd.io/snapshot/cri.layer-digest (see docs/kata.md)",
+            key ? (const char *)key : "?");
     } else {
         const char *path = (const char *)sqlite3_column_text(st, 0);
         const unsigned char *root = sqlite3_column_text(st, 1);
         const char *base = strrchr(path, '/');
         base = base ? base + 1 : path;
         *name = strdup(base);
-        char *plain = fmt("%s,tar,ro,io.katacontainers.fs-opt.block_device=file,io.katacontainers.fs-opt.is-layer,"
-                          "io.katacontainers.fs-opt.root-hash=%s",
-                          base, root ? (const char *)root : "");
+        char *plain =
+            fmt("%s,tar,ro,io.katacontainers.fs-opt.block_device=file,io.katacontainers.fs-opt.is-layer,"
+                "io.katacontainers.fs-opt.root-hash=%s",
+                base, root ? (const char *)root : "");
         char *b64 = plain ? dialect_base64(plain, strlen(plain)) : NULL;
         *opt = b64 ? fmt(DIALECT_TARDEV_LAYER_OPT "%s", b64) : NULL;
         free(plain);
@@ -358,8 +377,9 @@ static int kata_tardev_mounts(struct snapshotter *s, int kind, const int64_t *id
     return rc;
 }
 
-int dialect_build_mounts(struct snapshotter *s, enum snapshot_dialect d, int64_t id, int kind, int64_t parent_id,
-                         const char *key, struct snapshot_mounts *out, struct vs_error *err)
+int dialect_build_mounts(struct snapshotter *s, enum snapshot_dialect d, int64_t id, int kind,
+                         int64_t parent_id, const char *key, struct snapshot_mounts *out,
+                         struct vs_error *err)
 {
     memset(out, 0, sizeof(*out));
     int64_t *ids = NULL;
@@ -388,11 +408,12 @@ static int tarfs_row_state(struct snapshotter *s, const char *key, const char *r
 {
     *have = false;
     sqlite3_stmt *st;
-    int rc = store_prepare(s, &st,
-                           "SELECT s.id, s.kind, (SELECT 1 FROM layers WHERE snapshot_id = s.id AND format = 'tarfs'), "
-                           "(SELECT k.key FROM layers l JOIN snapshots k ON k.id = l.snapshot_id WHERE l.path = ?) "
-                           "FROM snapshots s WHERE s.key = ?",
-                           err);
+    int rc = store_prepare(
+        s, &st,
+        "SELECT s.id, s.kind, (SELECT 1 FROM layers WHERE snapshot_id = s.id AND format = 'tarfs'), "
+        "(SELECT k.key FROM layers l JOIN snapshots k ON k.id = l.snapshot_id WHERE l.path = ?) "
+        "FROM snapshots s WHERE s.key = ?",
+        err);
     if (rc < 0)
         return rc;
     sqlite3_bind_text(st, 1, rel, -1, SQLITE_STATIC);
@@ -407,18 +428,19 @@ static int tarfs_row_state(struct snapshotter *s, const char *key, const char *r
         *have = sqlite3_column_type(st, 2) != SQLITE_NULL;
         const unsigned char *owner = sqlite3_column_text(st, 3);
         if (sqlite3_column_int(st, 1) != SNAPSHOT_KIND_COMMITTED)
-            rc = vs_fail(err, -EINVAL, "snapshot '%s' is not committed: only a committed layer gets a tarfs file",
-                         key);
+            rc = vs_fail(err, -EINVAL,
+                         "snapshot '%s' is not committed: only a committed layer gets a tarfs file", key);
         else if (!*have && owner)
-            rc = vs_fail(err, -EEXIST, "snapshot '%s': %s already belongs to snapshot '%s' (the same chain ID)", key,
-                         rel, (const char *)owner);
+            rc = vs_fail(err, -EEXIST,
+                         "snapshot '%s': %s already belongs to snapshot '%s' (the same chain ID)", key, rel,
+                         (const char *)owner);
     }
     sqlite3_finalize(st);
     return rc;
 }
 
-int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob_fd, const char *source_digest,
-                                const char *expected_diff_id, struct vs_error *err)
+int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob_fd,
+                                const char *source_digest, const char *expected_diff_id, struct vs_error *err)
 {
     if (!key || !key[0])
         return vs_fail(err, -EINVAL, "tarfs conversion: the snapshot key is empty");
@@ -458,8 +480,9 @@ int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob
     vs_hex_encode(res.image.diff_id, VS_SHA256_LEN, diff + 7);
     memcpy(diff, "sha256:", 7);
     if (rc == 0 && expected_diff_id && strcmp(expected_diff_id, diff) != 0)
-        rc = vs_fail(err, -EBADMSG, "tarfs conversion of snapshot '%s': the blob's diff ID is %s, expected %s", key,
-                     diff, expected_diff_id);
+        rc =
+            vs_fail(err, -EBADMSG, "tarfs conversion of snapshot '%s': the blob's diff ID is %s, expected %s",
+                    key, diff, expected_diff_id);
     if (rc == 0)
         vs_hex_encode(res.layout.root_hash, res.layout.digest_size, root_hex);
 
@@ -473,7 +496,8 @@ int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob
     if (rc == 0)
         rc = tarfs_row_state(s, key, rel, &again, &have, err);
     if (rc == 0 && (again != id || have))
-        rc = have ? 1 : vs_fail(err, -ENOENT, "tarfs conversion of snapshot '%s': it was removed meanwhile", key);
+        rc = have ? 1
+                  : vs_fail(err, -ENOENT, "tarfs conversion of snapshot '%s': it was removed meanwhile", key);
     if (rc == 0) {
         if (rename(tmpfile, final) < 0) {
             rc = vs_fail(err, -errno, "tarfs conversion of snapshot '%s': renaming to '%s': %s", key, final,
@@ -486,8 +510,12 @@ int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob
     }
     if (rc == 0) {
         struct layer_record rec = {
-            .snapshot_id = id, .path = rel, .format = "tarfs", .source = "blob",
-            .source_digest = source_digest && source_digest[0] ? source_digest : diff, .result = &res,
+            .snapshot_id = id,
+            .path = rel,
+            .format = "tarfs",
+            .source = "blob",
+            .source_digest = source_digest && source_digest[0] ? source_digest : diff,
+            .result = &res,
             .root_hex = root_hex,
         };
         rc = store_layer_insert(s, &rec, err);

@@ -40,10 +40,14 @@ static void snap_row_free(struct snap_row *r)
 static const char *kind_name(int kind)
 {
     switch (kind) {
-    case SNAPSHOT_KIND_ACTIVE: return "active";
-    case SNAPSHOT_KIND_VIEW: return "view";
-    case SNAPSHOT_KIND_COMMITTED: return "committed";
-    default: return "unknown";
+    case SNAPSHOT_KIND_ACTIVE:
+        return "active";
+    case SNAPSHOT_KIND_VIEW:
+        return "view";
+    case SNAPSHOT_KIND_COMMITTED:
+        return "committed";
+    default:
+        return "unknown";
     }
 }
 
@@ -58,10 +62,11 @@ static int get_row(struct snapshotter *s, const char *key, struct snap_row *row,
 {
     memset(row, 0, sizeof(*row));
     sqlite3_stmt *st;
-    int rc = store_prepare(s, &st,
-                           "SELECT s.id, s.kind, s.parent_id, p.key, s.created_ns, s.updated_ns, s.key FROM snapshots s "
-                           "LEFT JOIN snapshots p ON p.id = s.parent_id WHERE s.key = ?",
-                           err);
+    int rc = store_prepare(
+        s, &st,
+        "SELECT s.id, s.kind, s.parent_id, p.key, s.created_ns, s.updated_ns, s.key FROM snapshots s "
+        "LEFT JOIN snapshots p ON p.id = s.parent_id WHERE s.key = ?",
+        err);
     if (rc < 0)
         return rc;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
@@ -102,22 +107,24 @@ static int key_exists(struct snapshotter *s, const char *key, bool *exists, stru
     return rc;
 }
 
-static int check_labels(const char *key, const struct snapshot_label *labels, size_t count, struct vs_error *err)
+static int check_labels(const char *key, const struct snapshot_label *labels, size_t count,
+                        struct vs_error *err)
 {
     for (size_t i = 0; i < count; i++) {
         if (!labels[i].key || !labels[i].key[0])
             return vs_fail(err, -EINVAL, "snapshot '%s': a label has an empty key", key);
         size_t n = strlen(labels[i].key) + (labels[i].value ? strlen(labels[i].value) : 0);
         if (n > LABEL_MAX)
-            return vs_fail(err, -EINVAL, "snapshot '%s': label '%.64s' is %zu bytes, more than the %d allowed", key,
+            return vs_fail(err, -EINVAL,
+                           "snapshot '%s': label '%.64s' is %zu bytes, more than the %d allowed", key,
                            labels[i].key, n, LABEL_MAX);
     }
     return 0;
 }
 
 /* Sets one label (an empty or missing value deletes it). */
-static int put_label(struct snapshotter *s, int64_t id, const char *snap_key, const char *key, const char *value,
-                     struct vs_error *err)
+static int put_label(struct snapshotter *s, int64_t id, const char *snap_key, const char *key,
+                     const char *value, struct vs_error *err)
 {
     sqlite3_stmt *st;
     bool del = !value || !value[0];
@@ -137,8 +144,8 @@ static int put_label(struct snapshotter *s, int64_t id, const char *snap_key, co
     return rc;
 }
 
-static int replace_labels(struct snapshotter *s, int64_t id, const char *snap_key, const struct snapshot_label *labels,
-                          size_t count, struct vs_error *err)
+static int replace_labels(struct snapshotter *s, int64_t id, const char *snap_key,
+                          const struct snapshot_label *labels, size_t count, struct vs_error *err)
 {
     sqlite3_stmt *st;
     int rc = store_prepare(s, &st, "DELETE FROM labels WHERE snapshot_id = ?", err);
@@ -195,7 +202,8 @@ static int row_to_info(struct snapshotter *s, const struct snap_row *row, struct
     out->kind = (enum snapshot_kind)row->kind;
     out->created_ns = row->created_ns;
     out->updated_ns = row->updated_ns;
-    int rc = out->name && out->parent ? load_labels(s, row->id, out, err) : vs_fail(err, -ENOMEM, "out of memory");
+    int rc =
+        out->name && out->parent ? load_labels(s, row->id, out, err) : vs_fail(err, -ENOMEM, "out of memory");
     if (rc < 0)
         snapshot_info_free(out);
     return rc;
@@ -242,8 +250,8 @@ static void snap_dir(const struct snapshotter *s, int64_t id, const char *sub, c
         snprintf(out, cap, "%s/snapshots/%lld", s->root, (long long)id);
 }
 
-static int add_mount(struct snapshot_mounts *out, const char *type, const char *source, char **options, size_t n,
-                     struct vs_error *err)
+static int add_mount(struct snapshot_mounts *out, const char *type, const char *source, char **options,
+                     size_t n, struct vs_error *err)
 {
     struct snapshot_mount *grown = realloc(out->items, (out->count + 1) * sizeof(*grown));
     if (!grown) {
@@ -296,7 +304,8 @@ static int chain_layers(struct snapshotter *s, int64_t parent_id, struct layer_r
         sqlite3_reset(st);
         sqlite3_bind_int64(st, 1, id);
         int step = sqlite3_step(st);
-        id = step == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL ? sqlite3_column_int64(st, 0) : 0;
+        id =
+            step == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL ? sqlite3_column_int64(st, 0) : 0;
         if (step != SQLITE_ROW)
             rc = store_fail(s, err, "reading the parent chain");
         if (*count > 10000)
@@ -371,7 +380,8 @@ static int build_mounts(struct snapshotter *s, const struct snap_row *row, struc
         } else {
             size_t off = (size_t)sprintf(lower, "lowerdir=");
             for (size_t i = 0; i < n; i++)
-                off += (size_t)sprintf(lower + off, "%s%s/mnt/%lld", i ? ":" : "", s->root, (long long)layers[i].id);
+                off += (size_t)sprintf(lower + off, "%s%s/mnt/%lld", i ? ":" : "", s->root,
+                                       (long long)layers[i].id);
             if (s->index_off)
                 opts[k++] = strdup("index=off");
             if (active) {
@@ -385,10 +395,11 @@ static int build_mounts(struct snapshotter *s, const struct snap_row *row, struc
             for (size_t i = 0; i < k; i++)
                 others += opts[i] ? strlen(opts[i]) + 1 : 0;
             if (others + compact > OPTION_PAGE)
-                rc = vs_fail(err, -E2BIG,
-                             "snapshot '%s': %zu layers do not fit one overlay mount option page (%zu bytes even "
-                             "with relative lowerdirs)",
-                             row->key, n, others + compact);
+                rc = vs_fail(
+                    err, -E2BIG,
+                    "snapshot '%s': %zu layers do not fit one overlay mount option page (%zu bytes even "
+                    "with relative lowerdirs)",
+                    row->key, n, others + compact);
             opts[k++] = lower;
         }
         if (rc == 0)
@@ -485,7 +496,8 @@ static int collect_orphans(struct snapshotter *s, bool with_tmp, struct orphans 
         long long id = strtoll(de->d_name, &end, 10);
         bool keep = false;
         if (end && end != de->d_name && *end == '\0')
-            rc = query_exists(s, "SELECT 1 FROM snapshots WHERE id = ? AND kind IN (1, 2)", NULL, id, &keep, err);
+            rc = query_exists(s, "SELECT 1 FROM snapshots WHERE id = ? AND kind IN (1, 2)", NULL, id, &keep,
+                              err);
         snprintf(path, sizeof(path), "%s/%s", dirpath, de->d_name);
         if (rc == 0 && !keep)
             rc = orphan_add(o, path, err);
@@ -530,7 +542,8 @@ static void check_layer_files(struct snapshotter *s)
 {
     sqlite3_stmt *st;
     struct vs_error e = {0};
-    if (store_prepare(s, &st, "SELECT l.path, s.key FROM layers l JOIN snapshots s ON s.id = l.snapshot_id", &e) < 0) {
+    if (store_prepare(s, &st, "SELECT l.path, s.key FROM layers l JOIN snapshots s ON s.id = l.snapshot_id",
+                      &e) < 0) {
         vs_log(VS_LOG_ERROR, "checking layer files", "error", e.message, NULL);
         return;
     }
@@ -541,7 +554,8 @@ static void check_layer_files(struct snapshotter *s)
         snprintf(path, sizeof(path), "%s/%s", s->root, rel ? rel : "");
         if (access(path, R_OK) < 0)
             vs_log(VS_LOG_ERROR,
-                   "the store records a layer file that is missing: mounts of this snapshot and its children fail "
+                   "the store records a layer file that is missing: mounts of this snapshot and its children "
+                   "fail "
                    "until it is restored or the snapshots are removed",
                    "key", key ? key : "", "path", path, "error", strerror(errno), NULL);
     }
@@ -627,7 +641,8 @@ static int create_snapshot(struct snapshotter *s, enum snapshot_dialect dialect,
 {
     memset(out, 0, sizeof(*out));
     if (!key || !key[0])
-        return vs_fail(err, -EINVAL, "%s: the snapshot key is empty", kind == SNAPSHOT_KIND_VIEW ? "view" : "prepare");
+        return vs_fail(err, -EINVAL, "%s: the snapshot key is empty",
+                       kind == SNAPSHOT_KIND_VIEW ? "view" : "prepare");
     int rc = check_labels(key, labels, label_count, err);
     if (rc < 0)
         return rc;
@@ -653,9 +668,10 @@ static int create_snapshot(struct snapshotter *s, enum snapshot_dialect dialect,
     int64_t now = snap_now_ns();
     sqlite3_stmt *st = NULL;
     if (rc == 0)
-        rc = store_prepare(s, &st,
-                           "INSERT INTO snapshots (key, kind, parent_id, created_ns, updated_ns) VALUES (?, ?, ?, ?, ?)",
-                           err);
+        rc = store_prepare(
+            s, &st,
+            "INSERT INTO snapshots (key, kind, parent_id, created_ns, updated_ns) VALUES (?, ?, ?, ?, ?)",
+            err);
     if (rc == 0) {
         sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
         sqlite3_bind_int(st, 2, kind);
@@ -692,7 +708,7 @@ static int create_snapshot(struct snapshotter *s, enum snapshot_dialect dialect,
         if (rc < 0)
             vs_error_prefix(err, "snapshot '%s'", key);
     }
-    if (rc == 0 && dialect_shapes(dialect, key)) /* Kata dialects: container rootfs only (dialect.c) */
+    if (rc == 0 && dialect_shapes(dialect, kind, key)) /* Kata dialects: container rootfs only (dialect.c) */
         rc = dialect_build_mounts(s, dialect, row.id, row.kind, row.parent_id, key, out, err);
     else if (rc == 0)
         rc = build_mounts(s, &row, out, err);
@@ -710,12 +726,14 @@ static int create_snapshot(struct snapshotter *s, enum snapshot_dialect dialect,
     return rc;
 }
 
-/* A kata-tardev container snapshot needs the tarfs form of every layer below it (parent's chain, or key's own):
- * build what is missing from the blobs still in containerd's content store. Other dialects and keys need nothing. */
-static int tardev_layers_ready(struct snapshotter *s, const struct snapshot_call *call, const char *key,
-                               const char *parent, struct vs_error *err)
+/* A kata-tardev container snapshot needs the tarfs form of every layer below it (parent's chain, or key's
+ * own): build what is missing from the blobs still in containerd's content store. Other dialects and keys
+ * need nothing. */
+static int tardev_layers_ready(struct snapshotter *s, const struct snapshot_call *call,
+                               enum snapshot_kind kind, const char *key, const char *parent,
+                               struct vs_error *err)
 {
-    if (!call || call->dialect != SNAPSHOT_DIALECT_KATA_TARDEV || !dialect_shapes(call->dialect, key))
+    if (!call || call->dialect != SNAPSHOT_DIALECT_KATA_TARDEV || !dialect_shapes(call->dialect, kind, key))
         return 0;
     return blob_ingest_tarfs_chain(s, call, key, parent, err);
 }
@@ -733,27 +751,28 @@ int snap_sync_layers_dir(struct snapshotter *s, struct vs_error *err)
     return rc;
 }
 
-int snapshotter_prepare(struct snapshotter *s, const struct snapshot_call *call, const char *key, const char *parent,
-                        const struct snapshot_label *labels, size_t label_count, struct snapshot_mounts *out,
-                        struct vs_error *err)
+int snapshotter_prepare(struct snapshotter *s, const struct snapshot_call *call, const char *key,
+                        const char *parent, const struct snapshot_label *labels, size_t label_count,
+                        struct snapshot_mounts *out, struct vs_error *err)
 {
     memset(out, 0, sizeof(*out));
     /* The blob path converts and commits the layer now and answers -EEXIST; 1: it does not apply. */
     int rc = blob_ingest_prepare(s, call, key, parent, labels, label_count, err);
     if (rc != 1)
         return rc;
-    if (parent && parent[0] && (rc = tardev_layers_ready(s, call, key, parent, err)) < 0)
+    if (parent && parent[0] &&
+        (rc = tardev_layers_ready(s, call, SNAPSHOT_KIND_ACTIVE, key, parent, err)) < 0)
         return rc;
     return create_snapshot(s, call ? call->dialect : SNAPSHOT_DIALECT_HOST, SNAPSHOT_KIND_ACTIVE, key, parent,
                            labels, label_count, out, err);
 }
 
-int snapshotter_view(struct snapshotter *s, const struct snapshot_call *call, const char *key, const char *parent,
-                     const struct snapshot_label *labels, size_t label_count, struct snapshot_mounts *out,
-                     struct vs_error *err)
+int snapshotter_view(struct snapshotter *s, const struct snapshot_call *call, const char *key,
+                     const char *parent, const struct snapshot_label *labels, size_t label_count,
+                     struct snapshot_mounts *out, struct vs_error *err)
 {
     int rc;
-    if (parent && parent[0] && (rc = tardev_layers_ready(s, call, key, parent, err)) < 0)
+    if (parent && parent[0] && (rc = tardev_layers_ready(s, call, SNAPSHOT_KIND_VIEW, key, parent, err)) < 0)
         return rc;
     return create_snapshot(s, call ? call->dialect : SNAPSHOT_DIALECT_HOST, SNAPSHOT_KIND_VIEW, key, parent,
                            labels, label_count, out, err);
@@ -763,15 +782,16 @@ int snapshotter_mounts(struct snapshotter *s, const struct snapshot_call *call, 
                        struct snapshot_mounts *out, struct vs_error *err)
 {
     memset(out, 0, sizeof(*out));
-    int rc0 = tardev_layers_ready(s, call, key, NULL, err);
+    int rc0 = tardev_layers_ready(s, call, SNAPSHOT_KIND_UNKNOWN, key, NULL, err);
     if (rc0 < 0)
         return rc0;
     pthread_mutex_lock(&s->lock);
     struct snap_row row;
     int rc = get_row(s, key ? key : "", &row, err);
     if (rc == 0 && row.kind == SNAPSHOT_KIND_COMMITTED)
-        rc = vs_fail(err, -EBUSY, "snapshot '%s' is committed: only active and view snapshots have mounts", key);
-    if (rc == 0 && call && dialect_shapes(call->dialect, row.key))
+        rc = vs_fail(err, -EBUSY, "snapshot '%s' is committed: only active and view snapshots have mounts",
+                     key);
+    if (rc == 0 && call && dialect_shapes(call->dialect, (enum snapshot_kind)row.kind, row.key))
         rc = dialect_build_mounts(s, call->dialect, row.id, row.kind, row.parent_id, row.key, out, err);
     else if (rc == 0)
         rc = build_mounts(s, &row, out, err);
@@ -782,8 +802,9 @@ int snapshotter_mounts(struct snapshotter *s, const struct snapshot_call *call, 
 
 /* ---- Commit ---- */
 
-int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, const char *name, const char *key,
-                       const struct snapshot_label *labels, size_t label_count, struct vs_error *err)
+int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, const char *name,
+                       const char *key, const struct snapshot_label *labels, size_t label_count,
+                       struct vs_error *err)
 {
     (void)call;
     if (!name || !name[0] || !key || !key[0])
@@ -796,8 +817,8 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     struct snap_row row;
     rc = get_row(s, key, &row, err);
     if (rc == 0 && row.kind != SNAPSHOT_KIND_ACTIVE)
-        rc = vs_fail(err, -EBUSY, "snapshot '%s' is %s, not active: only an active snapshot can be committed", key,
-                     kind_name(row.kind));
+        rc = vs_fail(err, -EBUSY, "snapshot '%s' is %s, not active: only an active snapshot can be committed",
+                     key, kind_name(row.kind));
     bool exists = false;
     if (rc == 0)
         rc = key_exists(s, name, &exists, err);
@@ -827,8 +848,8 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     } else {
         snprintf(tmpfile, sizeof(tmpfile), "%s/layer", tmpdir);
         /* Prepared with the layer digest label and the blob fetched since: the reproducible blob source. */
-        rc = blob_ingest_commit(s, key, name, row.id, row.parent_id, labels, label_count, tmpfile, &opts, &res,
-                                &blob_src, err);
+        rc = blob_ingest_commit(s, key, name, row.id, row.parent_id, labels, label_count, tmpfile, &opts,
+                                &res, &blob_src, err);
         if (rc == 1) {
             rc = layer_file_build_dir(upper, tmpfile, &opts, &res, err);
             if (rc < 0)
@@ -857,8 +878,8 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     if (rc == 0) {
         rc = get_row(s, key, &again, err);
         if (rc == 0 && (again.id != row.id || again.kind != SNAPSHOT_KIND_ACTIVE))
-            rc = vs_fail(err, -ENOENT, "commit of snapshot '%s': it was removed or committed during the conversion",
-                         key);
+            rc = vs_fail(err, -ENOENT,
+                         "commit of snapshot '%s': it was removed or committed during the conversion", key);
         else if (rc == -ENOENT)
             rc = vs_fail(err, -ENOENT, "commit of snapshot '%s': it was removed during the conversion", key);
     }
@@ -867,19 +888,20 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     /* Into layers/ under the lock, so that a cleanup never sees the file without its row. */
     if (rc == 0) {
         if (rename(tmpfile, final) < 0)
-            rc = vs_fail(err, -errno, "commit of snapshot '%s': renaming the layer file to '%s': %s", key, final,
-                         strerror(errno));
+            rc = vs_fail(err, -errno, "commit of snapshot '%s': renaming the layer file to '%s': %s", key,
+                         final, strerror(errno));
         else if ((renamed = true) && opts.verity && rename(src_side, dst_side) < 0)
-            rc = vs_fail(err, -errno, "commit of snapshot '%s': renaming the sidecar to '%s': %s", key, dst_side,
-                         strerror(errno));
+            rc = vs_fail(err, -errno, "commit of snapshot '%s': renaming the sidecar to '%s': %s", key,
+                         dst_side, strerror(errno));
         if (rc == 0 && (rc = snap_sync_layers_dir(s, err)) < 0)
             vs_error_prefix(err, "commit of snapshot '%s'", key);
     }
     int64_t now = snap_now_ns();
     sqlite3_stmt *st = NULL;
     if (rc == 0)
-        rc = store_prepare(s, &st,
-                           "UPDATE snapshots SET key = ?, kind = 3, created_ns = ?, updated_ns = ? WHERE id = ?", err);
+        rc = store_prepare(
+            s, &st, "UPDATE snapshots SET key = ?, kind = 3, created_ns = ?, updated_ns = ? WHERE id = ?",
+            err);
     if (rc == 0) {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, now);
@@ -898,10 +920,15 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
         char digest[80];
         snprintf(digest, sizeof(digest), "sha256:%s", digest_hex);
         struct layer_record rec = {
-            .snapshot_id = row.id, .path = rel, .format = "erofs",
-            .source = blob_src.blob ? "blob" : "directory", .source_digest = digest,
+            .snapshot_id = row.id,
+            .path = rel,
+            .format = "erofs",
+            .source = blob_src.blob ? "blob" : "directory",
+            .source_digest = digest,
             .blob_digest = blob_src.blob ? blob_src.blob_digest : NULL,
-            .diff_id = blob_src.blob ? blob_src.diff_id : NULL, .result = &res, .root_hex = root_hex,
+            .diff_id = blob_src.blob ? blob_src.diff_id : NULL,
+            .result = &res,
+            .root_hex = root_hex,
         };
         rc = store_layer_insert(s, &rec, err);
         if (rc < 0)
@@ -928,7 +955,8 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
         snap_dir(s, row.id, NULL, dir, sizeof(dir));
         struct vs_error e = {0};
         if (snap_remove_tree(dir, &e) < 0)
-            vs_log(VS_LOG_WARN, "removing the committed upper dir (cleanup retries)", "key", name, "error", e.message, NULL);
+            vs_log(VS_LOG_WARN, "removing the committed upper dir (cleanup retries)", "key", name, "error",
+                   e.message, NULL);
     }
     snap_row_free(&row);
     snap_row_free(&again);
@@ -937,7 +965,8 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
 
 /* ---- Remove / Stat / Update ---- */
 
-int snapshotter_remove(struct snapshotter *s, const struct snapshot_call *call, const char *key, struct vs_error *err)
+int snapshotter_remove(struct snapshotter *s, const struct snapshot_call *call, const char *key,
+                       struct vs_error *err)
 {
     (void)call;
     pthread_mutex_lock(&s->lock);
@@ -986,7 +1015,8 @@ int snapshotter_remove(struct snapshotter *s, const struct snapshot_call *call, 
         snap_dir(s, row.id, NULL, path, sizeof(path));
         struct vs_error e = {0};
         if (snap_remove_tree(path, &e) < 0)
-            vs_log(VS_LOG_WARN, "removing a snapshot dir (cleanup retries)", "key", key, "error", e.message, NULL);
+            vs_log(VS_LOG_WARN, "removing a snapshot dir (cleanup retries)", "key", key, "error", e.message,
+                   NULL);
         if (has_layer) {
             snprintf(path, sizeof(path), "%s/%s", s->root, layer.path);
             unlink(path);
@@ -1003,7 +1033,7 @@ int snapshotter_stat(struct snapshotter *s, const struct snapshot_call *call, co
                      struct snapshot_info *out, struct vs_error *err)
 {
     memset(out, 0, sizeof(*out));
-    int rc0 = tardev_layers_ready(s, call, key, NULL, err);
+    int rc0 = tardev_layers_ready(s, call, SNAPSHOT_KIND_UNKNOWN, key, NULL, err);
     if (rc0 < 0)
         return rc0;
     pthread_mutex_lock(&s->lock);
@@ -1024,8 +1054,9 @@ static const char *info_label(const struct snapshot_info *info, const char *key)
     return NULL;
 }
 
-int snapshotter_update(struct snapshotter *s, const struct snapshot_call *call, const struct snapshot_info *info,
-                       const char *const *paths, size_t path_count, struct snapshot_info *out, struct vs_error *err)
+int snapshotter_update(struct snapshotter *s, const struct snapshot_call *call,
+                       const struct snapshot_info *info, const char *const *paths, size_t path_count,
+                       struct snapshot_info *out, struct vs_error *err)
 {
     (void)call;
     memset(out, 0, sizeof(*out));
@@ -1033,8 +1064,8 @@ int snapshotter_update(struct snapshotter *s, const struct snapshot_call *call, 
     for (size_t i = 0; i < path_count; i++) {
         const char *p = paths[i] ? paths[i] : "";
         if (strcmp(p, "labels") != 0 && (strncmp(p, "labels.", 7) != 0 || !p[7]))
-            return vs_fail(err, -EINVAL, "snapshot '%s': cannot update field '%s' (only labels and labels.<key>)",
-                           key, p);
+            return vs_fail(err, -EINVAL,
+                           "snapshot '%s': cannot update field '%s' (only labels and labels.<key>)", key, p);
     }
     int rc = check_labels(key, info ? info->labels : NULL, info ? info->label_count : 0, err);
     if (rc < 0)
@@ -1137,7 +1168,8 @@ int snapshotter_walk(struct snapshotter *s, const struct snapshot_call *call, co
     sqlite3_finalize(st);
     st = NULL;
     if (rc == 0)
-        rc = store_prepare(s, &st, "SELECT snapshot_id, key, value FROM labels ORDER BY snapshot_id, key", err);
+        rc = store_prepare(s, &st, "SELECT snapshot_id, key, value FROM labels ORDER BY snapshot_id, key",
+                           err);
     while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
         int64_t id = sqlite3_column_int64(st, 0);
         int64_t *hit = bsearch(&id, ids, count, sizeof(*ids), info_cmp_id);
@@ -1178,7 +1210,7 @@ struct du_ctx {
     struct {
         dev_t dev;
         ino_t ino;
-    } *seen;
+    } * seen;
     size_t seen_count, seen_cap;
 };
 
@@ -1223,7 +1255,8 @@ int snapshotter_usage(struct snapshotter *s, const struct snapshot_call *call, c
     int rc = get_row(s, key ? key : "", &row, err);
     if (rc == 0 && row.kind == SNAPSHOT_KIND_COMMITTED) {
         sqlite3_stmt *st;
-        rc = store_prepare(s, &st, "SELECT file_size, inodes FROM layers WHERE snapshot_id = ? AND format = 'erofs'", err);
+        rc = store_prepare(
+            s, &st, "SELECT file_size, inodes FROM layers WHERE snapshot_id = ? AND format = 'erofs'", err);
         if (rc == 0) {
             sqlite3_bind_int64(st, 1, row.id);
             int step = sqlite3_step(st);

@@ -1,12 +1,13 @@
 /* Golden tests of the Kata mount dialects (docs/formats.md, "Kata dialects"): every mount the kata-erofs and
- * kata-tardev dialects return is compared field by field with the documented format (types, sources, exact option
- * strings and their order, base64 decoding, tardev's layer file names), plus the rules around them: extract keys
- * get host mounts whatever the dialect, kata-tardev refuses a chain without tarfs layers with FAILED_PRECONDITION
- * (-EBUSY) naming the blob path, snapshotter_layer_add_tarfs is idempotent, and removal leaves no tarfs file behind.
- * With a fake content store (blobs in a directory): a blob-path Prepare on the kata-tardev socket builds the erofs and
- * the tarfs form, a layer converted for the host socket gets its tarfs form from its blob when a kata-tardev container
- * snapshot needs it, and a layer whose blob is gone is refused.
- * Mounts nothing itself; the host-mount checks (extract keys) run only as root with overlay and erofs. */
+ * kata-tardev dialects return is compared field by field with the documented format (types, sources, exact
+ * option strings and their order, base64 decoding, tardev's layer file names), plus the rules around them:
+ * extract keys get host mounts whatever the dialect, kata-tardev refuses a chain without tarfs layers with
+ * FAILED_PRECONDITION
+ * (-EBUSY) naming the blob path, snapshotter_layer_add_tarfs is idempotent, and removal leaves no tarfs file
+ * behind. With a fake content store (blobs in a directory): a blob-path Prepare on the kata-tardev socket
+ * builds the erofs and the tarfs form, a layer converted for the host socket gets its tarfs form from its
+ * blob when a kata-tardev container snapshot needs it, and a layer whose blob is gone is refused. Mounts
+ * nothing itself; the host-mount checks (extract keys) run only as root with overlay and erofs. */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -23,14 +24,14 @@
 
 static int failures;
 
-#define CHECK(cond, ...)                                                                                              \
-    do {                                                                                                              \
-        if (!(cond)) {                                                                                                \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                          \
-            fprintf(stderr, __VA_ARGS__);                                                                             \
-            fprintf(stderr, "\n");                                                                                    \
-            failures++;                                                                                               \
-        }                                                                                                             \
+#define CHECK(cond, ...)                                                                                     \
+    do {                                                                                                     \
+        if (!(cond)) {                                                                                       \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                  \
+            fprintf(stderr, __VA_ARGS__);                                                                    \
+            fprintf(stderr, "\n");                                                                           \
+            failures++;                                                                                      \
+        }                                                                                                    \
     } while (0)
 
 static bool str_eq(const char *a, const char *b)
@@ -43,16 +44,20 @@ static const char *show(const char *a)
 }
 #define STREQ(a, b) CHECK(str_eq((a), (b)), "got '%s', want '%s'", show(a), (b))
 
-static const struct snapshot_call host = {.namespace_name = "t", .rpc = "t", .dialect = SNAPSHOT_DIALECT_HOST};
-static const struct snapshot_call kerofs = {.namespace_name = "t", .rpc = "t", .dialect = SNAPSHOT_DIALECT_KATA_EROFS};
-static const struct snapshot_call ktardev = {.namespace_name = "t", .rpc = "t", .dialect = SNAPSHOT_DIALECT_KATA_TARDEV};
+static const struct snapshot_call host = {
+    .namespace_name = "t", .rpc = "t", .dialect = SNAPSHOT_DIALECT_HOST};
+static const struct snapshot_call kerofs = {
+    .namespace_name = "t", .rpc = "t", .dialect = SNAPSHOT_DIALECT_KATA_EROFS};
+static const struct snapshot_call ktardev = {
+    .namespace_name = "t", .rpc = "t", .dialect = SNAPSHOT_DIALECT_KATA_TARDEV};
 
 /* Committed names as containerd's metadata layer hands them to a backend: <ns>/<seq>/sha256:<chainID>. */
 #define CHAIN1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 #define CHAIN2 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
 #define KEY1 "t/2/" CHAIN1
 #define KEY2 "t/4/" CHAIN2
-/* hex sha256 of "sha256:111...1" and "sha256:222...2" (computed with Python's hashlib, independently of the code) */
+/* hex sha256 of "sha256:111...1" and "sha256:222...2" (computed with Python's hashlib, independently of the
+ * code) */
 #define H1 "5d4cc820b37f3d1fd0c6e04ed50a56ead8d497ecfd3c25c749855ed9d852837d"
 #define H2 "8298e88dce61b333d6c06d20df1b566301d66df06501e26e74683cb580503242"
 
@@ -104,9 +109,10 @@ static void dump(const char *what, const struct snapshot_mounts *ms)
     }
 }
 
-/* Prepares with dialect call, writes files into the upper dir it returned (a bind source or upperdir=), commits. */
-static void make_layer(struct snapshotter *s, const struct snapshot_call *call, const char *key, const char *parent,
-                       const char *name, const char *file, const char *text)
+/* Prepares with dialect call, writes files into the upper dir it returned (a bind source or upperdir=),
+ * commits. */
+static void make_layer(struct snapshotter *s, const struct snapshot_call *call, const char *key,
+                       const char *parent, const char *name, const char *file, const char *text)
 {
     struct snapshot_mounts ms;
     struct vs_error err = {0};
@@ -144,8 +150,8 @@ static char *root_hash_label(struct snapshotter *s, const char *key)
     return out;
 }
 
-/* A kata-erofs layer mount: {erofs, <root>/layers/<file>, [ro, loop, X-containerd.dmverity=<file>.dmverity]} and the
- * sidecar holding containerd's keys (roothash, hashoffset) for the committed snapshot's root hash. */
+/* A kata-erofs layer mount: {erofs, <root>/layers/<file>, [ro, loop, X-containerd.dmverity=<file>.dmverity]}
+ * and the sidecar holding containerd's keys (roothash, hashoffset) for the committed snapshot's root hash. */
 static void check_erofs_layer(const struct snapshot_mount *m, const char *want_root)
 {
     STREQ(m->type, "erofs");
@@ -254,8 +260,8 @@ static void make_tar(const char *name, const char *file, const char *text)
     snprintf(dir, sizeof(dir), "%s/%s.d", work, name);
     mkdir(dir, 0755);
     write_file(dir, file, text);
-    snprintf(cmd, sizeof(cmd), "tar --format=ustar --owner=0 --group=0 --mtime=@0 -cf '%s/%s' -C '%s' .", work, name,
-             dir);
+    snprintf(cmd, sizeof(cmd), "tar --format=ustar --owner=0 --group=0 --mtime=@0 -cf '%s/%s' -C '%s' .",
+             work, name, dir);
     CHECK(system(cmd) == 0, "%s", cmd);
 }
 
@@ -342,15 +348,17 @@ static void test_all(bool host_mounts)
     snapshot_mounts_free(&ms);
     /* No parent: a bind of the snapshot's own dir, in every dialect. */
     rc = snapshotter_prepare(s, &kerofs, "t/9/scratch", "", NULL, 0, &ms, &err);
-    CHECK(rc == 0 && ms.count == 1 && strcmp(ms.items[0].type, "bind") == 0 && ms.items[0].option_count == 2 &&
-              strcmp(ms.items[0].options[0], "rw") == 0 && strcmp(ms.items[0].options[1], "rbind") == 0,
+    CHECK(rc == 0 && ms.count == 1 && strcmp(ms.items[0].type, "bind") == 0 &&
+              ms.items[0].option_count == 2 && strcmp(ms.items[0].options[0], "rw") == 0 &&
+              strcmp(ms.items[0].options[1], "rbind") == 0,
           "scratch: %s", err.message);
     snapshot_mounts_free(&ms);
 
     /* kata-tardev without tarfs layers: FAILED_PRECONDITION naming the blob path, nothing created. */
     rc = snapshotter_prepare(s, &ktardev, "t/10/ctr-t", KEY2, NULL, 0, &ms, &err);
     CHECK(rc == -EBUSY, "rc %d: %s", rc, err.message);
-    CHECK(strstr(err.message, "cri.layer-digest") && strstr(err.message, "tarfs"), "message: %s", err.message);
+    CHECK(strstr(err.message, "cri.layer-digest") && strstr(err.message, "tarfs"), "message: %s",
+          err.message);
     struct snapshot_info info;
     CHECK(snapshotter_stat(s, &host, "t/10/ctr-t", &info, &err) == -ENOENT, "the refused snapshot exists");
 
@@ -372,7 +380,8 @@ static void test_all(bool host_mounts)
         close(fd2);
     }
     int fd = open(t1, O_RDONLY);
-    CHECK(snapshotter_layer_add_tarfs(s, "t/5/ctr", fd, NULL, NULL, &err) == -EINVAL, "tarfs of an active snapshot");
+    CHECK(snapshotter_layer_add_tarfs(s, "t/5/ctr", fd, NULL, NULL, &err) == -EINVAL,
+          "tarfs of an active snapshot");
     close(fd);
     char p1[400], p2[400];
     snprintf(p1, sizeof(p1), "%s/layers/" H1, root);
@@ -421,6 +430,32 @@ static void test_all(bool host_mounts)
             snapshot_mounts_free(&ms);
             CHECK(snapshotter_remove(s, calls[i], key, &err) == 0, "remove %s: %s", key, err.message);
         }
+        /* The walking differ's views (rootfs.CreateDiff: "<parent>-parent-view-<unique>") are mounted on the
+         * host too: one read-only overlay over the host's layer mounts, as on the host socket. A container's
+         * active snapshot keeps its Kata mounts even when its name looks like one. */
+        for (int i = 0; i < 2; i++) {
+            char key[160];
+            snprintf(key, sizeof(key), "t/%d/%s-parent-view-1700000000-AbC", 22 + i, CHAIN2);
+            for (int call_mounts = 0; call_mounts < 2; call_mounts++) {
+                rc = call_mounts ? snapshotter_mounts(s, calls[i], key, &ms, &err)
+                                 : snapshotter_view(s, calls[i], key, KEY2, NULL, 0, &ms, &err);
+                const char *lower = rc == 0 && ms.count == 1 ? opt_value(&ms.items[0], "lowerdir=") : NULL;
+                CHECK(rc == 0 && ms.count == 1 && strcmp(ms.items[0].type, "overlay") == 0 && lower &&
+                          !strstr(lower, "{{") && strchr(lower, ':'),
+                      "differ view on %s (%s): %s", snapshot_dialect_name(calls[i]->dialect),
+                      call_mounts ? "Mounts" : "View", err.message);
+                if (rc == 0 && failures)
+                    dump("differ view", &ms);
+                snapshot_mounts_free(&ms);
+            }
+            CHECK(snapshotter_remove(s, calls[i], key, &err) == 0, "remove %s: %s", key, err.message);
+        }
+        rc = snapshotter_prepare(s, &kerofs, "t/24/app-view-1", KEY2, NULL, 0, &ms, &err);
+        CHECK(rc == 0 && ms.count == 3 && strcmp(ms.items[2].type, "format/mkdir/overlay") == 0,
+              "an active snapshot named like a differ view lost its kata-erofs mounts: %s", err.message);
+        snapshot_mounts_free(&ms);
+        CHECK(snapshotter_remove(s, &kerofs, "t/24/app-view-1", &err) == 0, "remove app-view-1: %s",
+              err.message);
         rc = snapshotter_mounts(s, &host, "t/5/ctr", &ms, &err);
         CHECK(rc == 0 && ms.count == 1 && strcmp(ms.items[0].type, "overlay") == 0, "host Mounts of ctr: %s",
               err.message);
@@ -428,8 +463,8 @@ static void test_all(bool host_mounts)
     }
 
     /* Removal: the rows go with the snapshot, cleanup removes the tarfs files (no row references them). */
-    const char *order[] = {"t/5/ctr", "t/6/ctr1", "t/7/view1", "t/8/view2", "t/9/scratch", "t/10/ctr-t",
-                           "t/11/view-t", KEY2, KEY1};
+    const char *order[] = {"t/5/ctr",    "t/6/ctr1",    "t/7/view1", "t/8/view2", "t/9/scratch",
+                           "t/10/ctr-t", "t/11/view-t", KEY2,        KEY1};
     for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++)
         CHECK(snapshotter_remove(s, &host, order[i], &err) == 0, "remove %s: %s", order[i], err.message);
     CHECK(snapshotter_cleanup(s, &host, &err) == 0, "cleanup: %s", err.message);
@@ -443,7 +478,6 @@ static void test_all(bool host_mounts)
     free(r1);
     free(r2);
 }
-
 
 /* ---- the blob path on the kata-tardev socket, over a fake content store: <work>/content/<ns>/<hex> ---- */
 
@@ -576,7 +610,8 @@ static void test_blob_tardev(void)
     for (int i = 0; i < 3; i++)
         snprintf(pkey[i], sizeof(pkey[i]), "t/%d/extract-%d %s", 2 * i + 1, i, chain[i]);
 
-    /* 1. Layer 1 by the blob path on the kata-tardev socket: erofs and tarfs from the blob, ALREADY_EXISTS. */
+    /* 1. Layer 1 by the blob path on the kata-tardev socket: erofs and tarfs from the blob, ALREADY_EXISTS.
+     */
     struct snapshot_label l1[2] = {{SNAPSHOT_LABEL_REF, chain[0]}, {SNAPSHOT_LABEL_LAYER_DIGEST, d[0]}};
     rc = snapshotter_prepare(s, &ktardev, pkey[0], "", l1, 2, &ms, &err);
     CHECK(rc == -EEXIST, "blob-path prepare of layer 1 on kata-tardev: %d %s", rc, err.message);
@@ -594,7 +629,8 @@ static void test_blob_tardev(void)
         CHECK(access(path, F_OK) < 0, "layer %d has a tarfs file after a host-socket prepare", i + 1);
     }
 
-    /* 3. A kata-tardev container snapshot over layer 2: its tarfs form is built from the blob, then the mounts. */
+    /* 3. A kata-tardev container snapshot over layer 2: its tarfs form is built from the blob, then the
+     * mounts. */
     rc = snapshotter_prepare(s, &ktardev, "t/10/ctr", keys[1], NULL, 0, &ms, &err);
     CHECK(rc == 0, "kata-tardev container snapshot over layer 2: %s", err.message);
     if (rc == 0) {
@@ -618,7 +654,8 @@ static void test_blob_tardev(void)
     CHECK(rc == 0 && content_opens[0] == 2 && content_opens[1] == 2, "Mounts again: %d %s", rc, err.message);
     snapshot_mounts_free(&ms);
 
-    /* 4. Layer 3's blob is gone: a kata-tardev container snapshot over it is refused (FAILED_PRECONDITION). */
+    /* 4. Layer 3's blob is gone: a kata-tardev container snapshot over it is refused (FAILED_PRECONDITION).
+     */
     char gone[500];
     snprintf(gone, sizeof(gone), "%s/%s", nsdir, d[2] + 7);
     unlink(gone);
@@ -657,7 +694,8 @@ int main(void)
     snprintf(root, sizeof(root), "%s/root", work);
     bool host_mounts = geteuid() == 0 && has_fs("overlay") && has_fs("erofs");
     if (!host_mounts)
-        fprintf(stderr, "note: not root or no overlay/erofs: the extract-key host mount checks are skipped\n");
+        fprintf(stderr,
+                "note: not root or no overlay/erofs: the extract-key host mount checks are skipped\n");
     test_names();
     test_all(host_mounts);
     test_blob_tardev();

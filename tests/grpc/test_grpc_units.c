@@ -102,20 +102,22 @@ static void test_config(void)
     CHECK(load_text(vs_daemon_config_default_text(), &c, &err) == 0, "default text: %s", err.message);
     CHECK(strcmp(c.root, VS_DEFAULT_ROOT) == 0 && c.verity == SNAPSHOTTER_VERITY_REQUIRE &&
               c.listen_count == 1 && strcmp(c.listen[0].address, VS_DEFAULT_SOCKET) == 0 &&
-              c.max_layer_size == 0,
+              c.max_layer_size == 0 && strcmp(c.tardev_layer_src_prefix, "") == 0,
           "default text differs from the defaults");
     vs_daemon_config_free(&c);
 
     /* Everything set. */
     CHECK(load_text("root = \"/srv/vs\"\nverity = \"auto\"\ncontainerd_address = \"/x/c.sock\"\n"
                     "max_layer_size = 68719476736\n"
+                    "tardev_layer_src_prefix = \"/var/lib/containerd/io.containerd.snapshotter.v1.tardev/layers\"\n"
                     "log_level = \"debug\"\n[[listen]]\naddress = \"/r/a.sock\"\ngroup = \"kvm\"\n"
                     "[[listen]]\naddress = \"unix:///r/b.sock\"\ngroup = 107\n",
                     &c, &err) == 0,
           "%s", err.message);
     CHECK(strcmp(c.root, "/srv/vs") == 0 && c.verity == SNAPSHOTTER_VERITY_AUTO &&
               strcmp(c.containerd_address, "/x/c.sock") == 0 && strcmp(c.log_level, "debug") == 0 &&
-              c.max_layer_size == 68719476736ull,
+              c.max_layer_size == 68719476736ull &&
+              strcmp(c.tardev_layer_src_prefix, "/var/lib/containerd/io.containerd.snapshotter.v1.tardev/layers") == 0,
           "top-level keys");
     CHECK(c.listen_count == 2 && strcmp(c.listen[0].address, "/r/a.sock") == 0 &&
               strcmp(c.listen[0].group, "kvm") == 0 && strcmp(c.listen[1].address, "unix:///r/b.sock") == 0 &&
@@ -132,6 +134,7 @@ static void test_config(void)
     expect_error("max_layer_size = -1\n", ":1");
     expect_error("max_layer_size = \"64G\"\n", ":1");
     expect_error("root = \"relative/dir\"\n", ":1");
+    expect_error("log_level = \"info\"\ntardev_layer_src_prefix = \"layers\"\n", ":2");
     expect_error("root = 5\n", ":1");
     expect_error("[[listen]]\naddress = \"sock\"\n", ":2");
     expect_error("[[listen]]\naddress = \"/a.sock\"\n[[listen]]\naddress = \"/a.sock\"\n", ":4");
