@@ -38,9 +38,10 @@ static const char image_usage[] =
     "registry:\n"
     "  --plain-http              http:// instead of https://\n"
     "  --ca-file FILE            trust this CA bundle for the registry and its token endpoint\n"
-    "  --username USER           with --password-stdin (else $DOCKER_CONFIG/config.json, "
-    "~/.docker/config.json)\n"
+    "  --username USER           with --password-stdin (else docker's config.json and its helpers, then\n"
+    "                            $REGISTRY_AUTH_FILE or $XDG_RUNTIME_DIR/containers/auth.json)\n"
     "  --password-stdin          read the password from the first line of stdin\n"
+    "  --authfile FILE           credentials from this auth.json only (podman's format: auths, credHelpers)\n"
     "  --retries N               retries on 5xx and connection errors (default 4, with backoff)\n"
     "containerd (an image already in its content store, read over its gRPC API; nothing is pulled):\n"
     "  --containerd-address SOCK containerd's socket; IMAGE is the name of the image record\n"
@@ -63,6 +64,7 @@ enum {
     OPT_CA_FILE,
     OPT_USERNAME,
     OPT_PASSWORD_STDIN,
+    OPT_AUTHFILE,
     OPT_RETRIES,
     OPT_CONTAINERD_ADDRESS,
     OPT_NAMESPACE,
@@ -110,6 +112,7 @@ static int image_roothash(int argc, char **argv)
         {"ca-file", required_argument, NULL, OPT_CA_FILE},
         {"username", required_argument, NULL, OPT_USERNAME},
         {"password-stdin", no_argument, NULL, OPT_PASSWORD_STDIN},
+        {"authfile", required_argument, NULL, OPT_AUTHFILE},
         {"retries", required_argument, NULL, OPT_RETRIES},
         {"containerd-address", required_argument, NULL, OPT_CONTAINERD_ADDRESS},
         {"namespace", required_argument, NULL, OPT_NAMESPACE},
@@ -164,6 +167,9 @@ static int image_roothash(int argc, char **argv)
         case OPT_PASSWORD_STDIN:
             password_stdin = true;
             break;
+        case OPT_AUTHFILE:
+            ro.authfile = optarg;
+            break;
         case OPT_CONTAINERD_ADDRESS:
             containerd_address = optarg;
             break;
@@ -208,8 +214,13 @@ static int image_roothash(int argc, char **argv)
         return tool_usage_error("--namespace is for --containerd-address");
     if (ns && !ns[0])
         return tool_usage_error("--namespace must not be empty");
-    if (containerd_address && (ro.plain_http || ro.ca_file || ro.username))
-        return tool_usage_error("--plain-http, --ca-file and --username are for registries, not containerd");
+    if (containerd_address && (ro.plain_http || ro.ca_file || ro.username || ro.authfile))
+        return tool_usage_error(
+            "--plain-http, --ca-file, --username and --authfile are for registries, not containerd");
+    if (ro.authfile && !registry_ref)
+        return tool_usage_error("--authfile is for registries");
+    if (ro.authfile && ro.username)
+        return tool_usage_error("--authfile and --username exclude each other");
     if (ref && registry_ref)
         return tool_usage_error("--ref is for layouts and archives; put the tag in the %s",
                                 containerd_address ? "image name" : "reference");

@@ -34,6 +34,9 @@ static const char pull_usage[] =
     "  --name IMAGE               the image record's name (default: the reference; required for layouts)\n"
     "  --platform OS/ARCH         the platform to pull from an index (default: the host's)\n"
     "  --plain-http, --ca-file FILE, --username USER, --password-stdin, --retries N   registry access\n"
+    "  --authfile FILE            registry credentials from this auth.json only (else docker's\n"
+    "                             config.json and its credential helpers, then $REGISTRY_AUTH_FILE\n"
+    "                             or $XDG_RUNTIME_DIR/containers/auth.json)\n"
     "  -q, --quiet                no progress\n"
     "Exit codes: 0 pulled (or already there), 1 bad image or a layer refused, 2 usage or I/O error.\n";
 
@@ -380,7 +383,7 @@ int cmd_pull(int argc, char **argv)
 {
     enum {
         OPT_NS = 300, OPT_ADDR, OPT_SNAP, OPT_NAME, OPT_LAYOUT, OPT_ARCHIVE, OPT_REF, OPT_PLATFORM, OPT_PLAIN,
-        OPT_CA, OPT_USER, OPT_PWSTDIN, OPT_RETRIES, OPT_HELP,
+        OPT_CA, OPT_USER, OPT_PWSTDIN, OPT_RETRIES, OPT_AUTHFILE, OPT_HELP,
     };
     static const struct option longopts[] = {
         {"namespace", required_argument, NULL, OPT_NS},
@@ -396,6 +399,7 @@ int cmd_pull(int argc, char **argv)
         {"username", required_argument, NULL, OPT_USER},
         {"password-stdin", no_argument, NULL, OPT_PWSTDIN},
         {"retries", required_argument, NULL, OPT_RETRIES},
+        {"authfile", required_argument, NULL, OPT_AUTHFILE},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
@@ -421,6 +425,7 @@ int cmd_pull(int argc, char **argv)
         case OPT_USER: ro.username = optarg; break;
         case OPT_PWSTDIN: pw_stdin = true; break;
         case OPT_RETRIES: ro.retries = atoi(optarg); break;
+        case OPT_AUTHFILE: ro.authfile = optarg; break;
         case 'q': quiet = true; break;
         case 'h':
         case OPT_HELP: fputs(pull_usage, stdout); return EXIT_OK;
@@ -434,6 +439,8 @@ int cmd_pull(int argc, char **argv)
         return tool_usage_error("--name IMAGE is needed with --oci-layout and --oci-archive");
     if (!ns[0])
         return tool_usage_error("--namespace must not be empty");
+    if (ro.authfile && (!reference || ro.username))
+        return tool_usage_error("--authfile is for a registry reference, without --username");
     char *password = NULL;
     if (pw_stdin) {
         size_t cap = 0;

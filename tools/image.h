@@ -85,14 +85,24 @@ struct registry_options {
     const char *ca_file;
     const char *username; /* with password: basic auth, and the token endpoint's credentials */
     const char *password;
-    int retries; /* attempts after the first on 5xx and connection errors (default 4) */
+    const char *authfile; /* without username: the only place credentials come from (podman's --authfile) */
+    int retries;          /* attempts after the first on 5xx and connection errors (default 4) */
     bool quiet;
 };
 
 /* REGISTRY/REPO[:TAG|@DIGEST] over the OCI distribution API with libcurl. Without username, credentials come
- * from $DOCKER_CONFIG/config.json or ~/.docker/config.json (auths). */
+ * from registry_credentials_find (registry_credentials.c). */
 int image_source_registry_open(const char *reference, const struct registry_options *opts,
                                struct image_source **out, struct vs_error *err);
+
+/* Basic credentials (base64 of user:password) for host into *basic (NULL: anonymous), found as docker does in
+ * $DOCKER_CONFIG/config.json or ~/.docker/config.json (credHelpers[host], else credsStore: the helper
+ * docker-credential-<name> is run; else auths), and when that has nothing, in podman's containers auth.json
+ * ($REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json). authfile (not NULL) replaces them. */
+int registry_credentials_find(const char *host, const char *authfile, char **basic, struct vs_error *err);
+
+/* base64(username:password), or NULL when out of memory. */
+char *registry_basic_credentials(const char *username, const char *password);
 
 /* An image in containerd's content store, read over its gRPC API at address (a socket path or unix:PATH): the
  * record named ref in namespace ns (Images.Get; a docker-style short name is also tried as docker.io/...), its

@@ -1,9 +1,10 @@
-/* The registry image source: the OCI distribution API over libcurl (manifests and blobs, redirects followed),
- * bearer-token and basic auth, retries with backoff. Credentials go into request headers only: never printed,
- * never logged (no CURLOPT_VERBOSE), wiped when the source is freed. */
+/* The registry image source: the OCI distribution API over libcurl (manifests and blobs, redirects followed
+ * but never from https to http), bearer-token and basic auth, retries with backoff, blobs resumed by Range
+ * after a cut. Credentials go into request headers only: never printed, never logged (no CURLOPT_VERBOSE),
+ * wiped when the source is freed. */
 #include <curl/curl.h>
 #include <errno.h>
-#include <openssl/evp.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,14 +41,18 @@ struct response {
     void *ctx;
     struct vs_error *err;
     int fn_rc;
-    bool delivered; /* body bytes went to fn: a retry would repeat them */
-    char *body;     /* buffered body (errors, or when fn is NULL) */
+    uint64_t delivered;  /* body bytes that went to fn, over all attempts: a retry resumes after them */
+    uint64_t range_from; /* this attempt asked for bytes from here on (Range), or 0 */
+    uint64_t skip;       /* bytes of this attempt's body that fn already had (a 200 to a Range request) */
+    bool streaming;      /* this attempt's 2xx body has started and its start was checked */
+    char *body;          /* buffered body (errors, or when fn is NULL) */
     size_t body_len;
     size_t body_cap;
     size_t body_max;
     char *www_auth;
     char *content_type;
     char *docker_digest;
+    char *content_range;
 };
 
 static size_t on_header(char *buf, size_t size, size_t n, void *ctx)
@@ -62,11 +67,14 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ctx)
         slot = &r->content_type, skip = 13;
     else if (len > 22 && strncasecmp(buf, "Docker-Content-Digest:", 22) == 0)
         slot = &r->docker_digest, skip = 22;
+    else if (len > 14 && strncasecmp(buf, "Content-Range:", 14) == 0)
+        slot = &r->content_range, skip = 14;
     else if (len >= 5 && strncmp(buf, "HTTP/", 5) == 0) {
         /* A new response (after a redirect): forget the previous one's headers. */
         free(r->www_auth), r->www_auth = NULL;
         free(r->content_type), r->content_type = NULL;
         free(r->docker_digest), r->docker_digest = NULL;
+        free(r->content_range), r->content_range = NULL;
     }
     if (slot) {
         const char *v = buf + skip;
@@ -81,6 +89,30 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ctx)
     return len;
 }
 
+/* Where a resumed 2xx body starts, checked once per attempt: a 206 must start at the byte asked for, a 200
+ * (the server ignored Range) starts at 0 and what fn already had is skipped. */
+static int stream_start(struct response *r, long code)
+{
+    r->streaming = true;
+    r->skip = 0;
+    if (code == 206) {
+        uint64_t start = 0;
+        const char *cr = r->content_range;
+        if (!cr || strncasecmp(cr, "bytes ", 6) != 0 || sscanf(cr + 6, "%" SCNu64, &start) != 1)
+            return vs_fail(r->err, -EIO,
+                           "registry '%s': a partial answer (206) without a byte range (%s%s%s)", r->s->host,
+                           cr ? "Content-Range: '" : "no Content-Range", cr ? cr : "", cr ? "'" : "");
+        if (start != r->range_from)
+            return vs_fail(r->err, -EIO,
+                           "registry '%s': resuming a blob at byte %" PRIu64
+                           ", the answer starts at byte %" PRIu64 " (%s)",
+                           r->s->host, r->range_from, start, cr);
+    } else {
+        r->skip = r->range_from;
+    }
+    return 0;
+}
+
 static size_t on_body(char *buf, size_t size, size_t n, void *ctx)
 {
     struct response *r = ctx;
@@ -88,9 +120,17 @@ static size_t on_body(char *buf, size_t size, size_t n, void *ctx)
     long code = 0;
     curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &code);
     if (code / 100 == 2 && r->fn) {
-        r->delivered = true;
-        r->fn_rc = r->fn(r->ctx, buf, len, r->err);
-        return r->fn_rc < 0 ? 0 : len;
+        if (!r->streaming && (r->fn_rc = stream_start(r, code)) < 0)
+            return 0;
+        size_t drop = r->skip < len ? (size_t)r->skip : len;
+        r->skip -= drop;
+        if (drop == len)
+            return len;
+        r->fn_rc = r->fn(r->ctx, buf + drop, len - drop, r->err);
+        if (r->fn_rc < 0)
+            return 0;
+        r->delivered += len - drop;
+        return len;
     }
     size_t max = code / 100 == 2 ? r->body_max : 64 * 1024;
     if (r->body_len + len > max) {
@@ -114,24 +154,30 @@ static size_t on_body(char *buf, size_t size, size_t n, void *ctx)
     return len;
 }
 
+/* Forgets one attempt's answer; what went to fn (delivered) stays: the next attempt resumes after it. */
 static void response_reset(struct response *r)
 {
     free(r->body);
     free(r->www_auth);
     free(r->content_type);
     free(r->docker_digest);
-    r->body = r->www_auth = r->content_type = r->docker_digest = NULL;
+    free(r->content_range);
+    r->body = r->www_auth = r->content_type = r->docker_digest = r->content_range = NULL;
     r->body_len = r->body_cap = 0;
-    r->delivered = false;
+    r->range_from = r->skip = 0;
+    r->streaming = false;
     r->fn_rc = 0;
 }
 
-/* One GET with retries on connection errors and 5xx (unless body bytes already went out); returns the status
- * (>= 100) or a negative code. auth: the Authorization header value or NULL. */
+/* One GET with retries on connection errors and 5xx; returns the status (>= 100) or a negative code. A
+ * streamed body cut after some bytes went to fn is resumed with Range, so that fn sees each byte once. auth:
+ * the Authorization header value or NULL. */
 static long http_get(struct registry_source *s, const char *url, const char *accept, const char *auth,
                      struct response *r, struct vs_error *err)
 {
     long code = 0;
+    /* A redirect may go to another host (blob stores) but never from https down to http. */
+    bool https = strncasecmp(url, "https:", 6) == 0;
     for (int attempt = 0;; attempt++) {
         response_reset(r);
         CURL *c = curl_easy_init();
@@ -140,10 +186,16 @@ static long http_get(struct registry_source *s, const char *url, const char *acc
         r->curl = c;
         struct curl_slist *h = NULL;
         char *authh = NULL;
+        char range[48];
         if (accept)
             h = curl_slist_append(h, accept);
         if (auth && asprintf(&authh, "Authorization: %s", auth) >= 0)
             h = curl_slist_append(h, authh);
+        if (r->fn && r->delivered) {
+            r->range_from = r->delivered;
+            snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-", r->range_from);
+            h = curl_slist_append(h, range);
+        }
         curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
         curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
@@ -159,24 +211,44 @@ static long http_get(struct registry_source *s, const char *url, const char *acc
         curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
         curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-        curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, https ? "https" : "http,https");
         if (s->ca_file)
             curl_easy_setopt(c, CURLOPT_CAINFO, s->ca_file);
         CURLcode cc = curl_easy_perform(c);
         code = 0;
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+        char *where = NULL;
+        if (cc == CURLE_UNSUPPORTED_PROTOCOL) {
+            char *u = NULL;
+            curl_easy_getinfo(c, CURLINFO_EFFECTIVE_URL, &u);
+            where = u ? strdup(u) : NULL;
+        }
         curl_easy_cleanup(c);
         curl_slist_free_all(h);
         if (authh) {
             explicit_bzero(authh, strlen(authh));
             free(authh);
         }
-        if (r->fn_rc < 0)
+        if (r->fn_rc < 0) {
+            free(where);
             return r->fn_rc;
-        bool retry = (cc != CURLE_OK || code >= 500) && !r->delivered && attempt < s->retries;
+        }
+        if (cc == CURLE_UNSUPPORTED_PROTOCOL && where && strcmp(where, url) != 0) {
+            /* A refused redirect: retrying would be refused again. */
+            int rc = vs_fail(err, -EIO, "registry '%s': GET %s was redirected to %s, which is refused (%s)",
+                             s->host, url, where,
+                             https ? "a redirect from https must stay on https" : curl_easy_strerror(cc));
+            free(where);
+            return rc;
+        }
+        free(where);
+        bool retry = (cc != CURLE_OK || code >= 500) && attempt < s->retries;
         if (!retry) {
+            if (cc != CURLE_OK && r->delivered)
+                return vs_fail(err, -EIO, "registry '%s': GET %s: %s (after %" PRIu64 " bytes of the body)",
+                               s->host, url, curl_easy_strerror(cc), r->delivered);
             if (cc != CURLE_OK)
-                return vs_fail(err, -EIO, "GET %s: %s", url, curl_easy_strerror(cc));
+                return vs_fail(err, -EIO, "registry '%s': GET %s: %s", s->host, url, curl_easy_strerror(cc));
             return code;
         }
         struct timespec ts = {0, (long)(100000000L << (attempt < 4 ? attempt : 4))};
@@ -232,8 +304,8 @@ static int authenticate(struct registry_source *s, const char *challenge, const 
     } else if (strncasecmp(challenge, "Basic", 5) == 0) {
         if (!s->basic)
             rc = vs_fail(err, -EACCES,
-                         "registry '%s' wants a username and password (--username/--password-stdin or "
-                         "docker login)",
+                         "registry '%s' wants a username and password (--username/--password-stdin, "
+                         "docker login or --authfile)",
                          s->host);
         else if (failed_auth && strncmp(failed_auth, "Basic ", 6) == 0)
             rc = vs_fail(err, -EACCES,
@@ -523,74 +595,6 @@ static void registry_free(struct image_source *base)
 static const struct image_source_ops registry_ops = {registry_resolve, registry_fetch, registry_stream,
                                                      registry_free};
 
-static char *base64(const char *in)
-{
-    size_t n = strlen(in);
-    char *out = malloc(4 * ((n + 2) / 3) + 1);
-    if (out)
-        EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)in, (int)n);
-    return out;
-}
-
-/* base64(user:password) for host from a docker config.json's auths, or NULL. */
-static char *docker_config_auth(const char *host)
-{
-    char *path = NULL;
-    const char *dc = getenv("DOCKER_CONFIG");
-    const char *home = getenv("HOME");
-    if (dc && asprintf(&path, "%s/config.json", dc) < 0)
-        path = NULL;
-    else if (!dc && home && asprintf(&path, "%s/.docker/config.json", home) < 0)
-        path = NULL;
-    if (!path)
-        return NULL;
-    char *data;
-    size_t len;
-    struct vs_error e = {0};
-    int rc = image_read_file(path, 4 << 20, &data, &len, &e);
-    free(path);
-    if (rc < 0)
-        return NULL;
-    json_t *j = json_loadb(data, len, 0, NULL);
-    explicit_bzero(data, len);
-    free(data);
-    json_t *auths = json_object_get(j, "auths");
-    char *result = NULL;
-    const char *key;
-    json_t *v;
-    json_object_foreach(auths, key, v)
-    {
-        /* Keys are "host", "https://host", "http://host/v1/"... ; docker.io is "https://index.docker.io/v1/".
-         */
-        const char *k = key;
-        if (strncmp(k, "https://", 8) == 0)
-            k += 8;
-        else if (strncmp(k, "http://", 7) == 0)
-            k += 7;
-        size_t kl = strcspn(k, "/");
-        bool match = (strlen(host) == kl && strncmp(k, host, kl) == 0) ||
-                     (strcmp(host, "docker.io") == 0 && kl == 15 && strncmp(k, "index.docker.io", 15) == 0);
-        if (!match)
-            continue;
-        const char *auth = json_string_value(json_object_get(v, "auth"));
-        const char *user = json_string_value(json_object_get(v, "username"));
-        const char *pass = json_string_value(json_object_get(v, "password"));
-        if (auth && auth[0]) {
-            result = strdup(auth);
-        } else if (user && pass) {
-            char *up;
-            if (asprintf(&up, "%s:%s", user, pass) >= 0) {
-                result = base64(up);
-                explicit_bzero(up, strlen(up));
-                free(up);
-            }
-        }
-        break;
-    }
-    json_decref(j);
-    return result;
-}
-
 /* REGISTRY/REPO[:TAG|@DIGEST]; a first component without '.' or ':' (and not localhost) means docker.io. */
 static int parse_reference(struct registry_source *s, const char *ref, struct vs_error *err)
 {
@@ -661,15 +665,13 @@ int image_source_registry_open(const char *reference, const struct registry_opti
         registry_free(&s->base);
         return rc;
     }
-    if (opts->username && opts->password) {
-        char *up;
-        if (asprintf(&up, "%s:%s", opts->username, opts->password) >= 0) {
-            s->basic = base64(up);
-            explicit_bzero(up, strlen(up));
-            free(up);
-        }
-    } else {
-        s->basic = docker_config_auth(s->host);
+    if (opts->username && opts->password)
+        s->basic = registry_basic_credentials(opts->username, opts->password);
+    else
+        rc = registry_credentials_find(s->host, opts->authfile, &s->basic, err);
+    if (rc < 0) {
+        registry_free(&s->base);
+        return rc;
     }
     *out = &s->base;
     return 0;

@@ -16,8 +16,11 @@ import io
 import json
 import os
 import platform
+import re
+import select
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -654,6 +657,556 @@ def test_registry_bearer(tmp):
         reg.stop()
 
 
+# ---- flaky and hostile registry fronts ----
+
+class Front(http.server.BaseHTTPRequestHandler):
+    """A registry front proxying to the docker-registry behind (server.upstream), logging every request's path,
+    Range header and what it answered in server.requests; subclasses decide how to misbehave."""
+
+    def log_message(self, *a):
+        pass
+
+    def fetch(self, path):
+        c = http.client.HTTPConnection(self.server.upstream)
+        c.request("GET", path, headers={k: v for k, v in self.headers.items() if k.lower() == "accept"})
+        r = c.getresponse()
+        body = r.read()
+        hdrs = {k: v for k, v in r.getheaders() if k.lower() in ("content-type", "docker-content-digest")}
+        c.close()
+        return r.status, body, hdrs
+
+    def note(self, status, **kw):
+        with self.server.lock:
+            self.server.requests.append(dict(path=self.path, range=self.headers.get("Range"), status=status, **kw))
+
+    def reply(self, code, body, headers=None):
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def start_front(handler, tls_dir=None, **attrs):
+    """A threading HTTP(S) server for handler on 127.0.0.1 (TLS with tls_dir's server.crt/key, from make_certs);
+    attrs become server attributes. Returns the server and its host:port."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls_dir:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(f"{tls_dir}/server.crt", f"{tls_dir}/server.key")
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.lock = threading.Lock()
+    srv.requests = []
+    srv.seen = {}
+    for k, v in attrs.items():
+        setattr(srv, k, v)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"127.0.0.1:{srv.server_address[1]}"
+
+
+class FlakyFront(Front):
+    """Answers 503 to the first server.fail503 requests of each blob; then cuts the first full answer of every
+    manifest and blob (Content-Length of the whole, half the body sent, connection closed); later requests with
+    Range get server.ranges: "honour" (206 + Content-Range), "ignore" (200 and the whole body again) or "wrong"
+    (206 claiming to start at byte 0)."""
+
+    def do_GET(self):
+        srv = self.server
+        with srv.lock:
+            n = srv.seen.get(self.path, 0)
+            srv.seen[self.path] = n + 1
+        blob = "/blobs/" in self.path
+        fail503 = srv.fail503 if blob else 0
+        if n < fail503:
+            self.note(503)
+            return self.reply(503, b'{"errors":[{"code":"UNAVAILABLE"}]}')
+        status, body, hdrs = self.fetch(self.path)
+        if status != 200:
+            self.note(status)
+            return self.reply(status, body, hdrs)
+        if n == fail503:
+            half = len(body) // 2
+            self.note("cut", sent=half, size=len(body))
+            self.send_response(200)
+            for k, v in hdrs.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:half])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if m and srv.ranges != "ignore":
+            start = int(m.group(1)) if srv.ranges == "honour" else 0
+            self.note(206)
+            return self.reply(206, body[start:], dict(hdrs, **{"Content-Range":
+                                                               f"bytes {start}-{len(body) - 1}/{len(body)}"}))
+        self.note(200)
+        return self.reply(200, body, hdrs)
+
+
+def flaky_run(tmp, ranges, fail503):
+    """The amd64 image pushed to a registry behind a FlakyFront; returns the oracle, the image, the command's
+    process and the front's request log."""
+    lay, amd, _ = registry_image(tmp)
+    reg = Registry(tmp)
+    srv = None
+    try:
+        reg.push(lay.path, "single", "team/app:1")
+        srv, front = start_front(FlakyFront, upstream=reg.addr, ranges=ranges, fail503=fail503)
+        img = lay.images[amd["digest"]]
+        want = expected(img, tmp=tmp)
+        got, p = image_roothash("--plain-http", "--jobs", "2", f"{front}/team/app:1", check=False)
+        return want, img, got, p, list(srv.requests)
+    finally:
+        if srv:
+            srv.shutdown()
+        reg.stop()
+
+
+def requests_of(log, path):
+    return [(e["status"], e["range"]) for e in log if e["path"] == path]
+
+
+def check_resumed(img, log, last_status, fail503):
+    """Each layer blob: fail503 503s, a cut after half, then a request with Range from exactly that half; the
+    manifest and the config (buffered) start again from byte 0 without Range."""
+    for blob, _ in img["layers"]:
+        path = f"/v2/team/app/blobs/{sha(blob)}"
+        cut = [e for e in log if e["path"] == path and e["status"] == "cut"]
+        assert len(cut) == 1 and cut[0]["size"] == len(blob), (path, log)
+        want = [(503, None)] * fail503 + [("cut", None), (last_status, f"bytes={len(blob) // 2}-")]
+        assert requests_of(log, path) == want, (path, requests_of(log, path))
+    cfg = f"/v2/team/app/blobs/{img['config']}"
+    assert requests_of(log, cfg) == [(503, None)] * fail503 + [("cut", None), (200, None)], requests_of(log, cfg)
+    assert requests_of(log, "/v2/team/app/manifests/1") == [("cut", None), (200, None)], log
+
+
+def test_registry_resume_range(tmp):
+    """A blob cut halfway is resumed with Range from the bytes already delivered; the server's 206 continues the
+    stream, and the root hashes are the oracle's (each byte went to the converter once)."""
+    if not need("docker-registry", "skopeo"):
+        return SKIP
+    want, img, got, p, log = flaky_run(tmp, "honour", fail503=2)
+    assert p.returncode == 0, p.stderr
+    check_layers(got, want)
+    check_resumed(img, log, 206, fail503=2)
+
+
+def test_registry_resume_no_range(tmp):
+    """A server that ignores Range re-sends the whole blob with 200: the bytes already delivered are skipped.
+    A 206 that starts elsewhere than asked is an error naming the registry."""
+    if not need("docker-registry", "skopeo"):
+        return SKIP
+    want, img, got, p, log = flaky_run(tmp, "ignore", fail503=1)
+    assert p.returncode == 0, p.stderr
+    check_layers(got, want)
+    check_resumed(img, log, 200, fail503=1)
+    os.mkdir(f"{tmp}/wrong")
+    _, _, _, p, _ = flaky_run(f"{tmp}/wrong", "wrong", fail503=0)
+    msg = p.stderr.decode()
+    assert p.returncode == 2 and "registry '127.0.0.1:" in msg and "resuming a blob at byte" in msg and \
+        "starts at byte 0" in msg, (p.returncode, msg)
+
+
+class DenyFront(Front):
+    """Answers 403 (DENIED, as Docker Hub and GHCR do) to every manifest request."""
+
+    def do_GET(self):
+        if "/manifests/" in self.path:
+            self.note(403)
+            return self.reply(403, b'{"errors":[{"code":"DENIED","message":"requested access to the resource is '
+                                   b'denied"}]}', {"Content-Type": "application/json"})
+        status, body, hdrs = self.fetch(self.path)
+        self.note(status)
+        return self.reply(status, body, hdrs)
+
+
+def test_registry_denied(tmp):
+    """403 on the manifest: exit 2, "denied access" naming the repository and the registry, not retried."""
+    if not need("docker-registry", "skopeo"):
+        return SKIP
+    lay, _, _ = registry_image(tmp)
+    reg = Registry(tmp)
+    srv = None
+    try:
+        reg.push(lay.path, "single", "team/app:1")
+        srv, front = start_front(DenyFront, upstream=reg.addr)
+        _, p = image_roothash("--plain-http", f"{front}/team/app:1", check=False)
+        msg = p.stderr.decode()
+        assert p.returncode == 2 and f"registry '{front}' denied access to repository 'team/app'" in msg, \
+            (p.returncode, msg)
+        assert [e["status"] for e in srv.requests] == [403], srv.requests
+    finally:
+        if srv:
+            srv.shutdown()
+        reg.stop()
+
+
+class RedirectFront(Front):
+    """Answers blob requests with a 307 to server.target + the path under /redirected (a blob store elsewhere);
+    serves /redirected/... itself by proxying, so that it can be the target too."""
+
+    def do_GET(self):
+        if self.path.startswith("/redirected/"):
+            self.note("redirected")
+            status, body, hdrs = self.fetch(self.path[len("/redirected"):])
+            return self.reply(status, body, hdrs)
+        if "/blobs/" in self.path:
+            self.note(307)
+            return self.reply(307, b"", {"Location": f"{self.server.target}/redirected{self.path}"})
+        status, body, hdrs = self.fetch(self.path)
+        self.note(status)
+        return self.reply(status, body, hdrs)
+
+
+def test_registry_redirect_downgrade(tmp):
+    """An https registry redirecting blobs to another https URL works; redirecting them to http is refused
+    (exit 2, the registry and the refused URL named) and the http URL is never asked."""
+    if not need("docker-registry", "skopeo", "openssl"):
+        return SKIP
+    lay, amd, _ = registry_image(tmp)
+    reg = Registry(tmp)
+    certs = tempfile.mkdtemp(prefix="certs-", dir=tmp)
+    ca = make_certs(certs)
+    servers = []
+    try:
+        reg.push(lay.path, "single", "team/app:1")
+        plain, plain_addr = start_front(RedirectFront, upstream=reg.addr, target="")
+        servers.append(plain)
+        tls, tls_addr = start_front(RedirectFront, tls_dir=certs, upstream=reg.addr)
+        servers.append(tls)
+        want = expected(lay.images[amd["digest"]], tmp=tmp)
+        # https -> https: followed
+        tls.target = f"https://{tls_addr}"
+        got, _ = image_roothash("--ca-file", ca, f"{tls_addr}/team/app:1")
+        check_layers(got, want)
+        assert sum(e["status"] == "redirected" for e in tls.requests) == len(want) + 1, tls.requests
+        # https -> http: refused, not retried, the http side never asked
+        tls.target = f"http://{plain_addr}"
+        tls.requests.clear()
+        _, p = image_roothash("--ca-file", ca, f"{tls_addr}/team/app:1", check=False)
+        msg = p.stderr.decode()
+        assert p.returncode == 2 and f"registry '{tls_addr}'" in msg and f"http://{plain_addr}/redirected/" in msg \
+            and "must stay on https" in msg, (p.returncode, msg)
+        assert plain.requests == [], plain.requests
+        assert [e["status"] for e in tls.requests if "/blobs/" in e["path"]] == [307], tls.requests
+        # with --plain-http, http redirects stay allowed
+        plain.target = f"http://{plain_addr}"
+        got, _ = image_roothash("--plain-http", f"{plain_addr}/team/app:1")
+        check_layers(got, want)
+    finally:
+        for s in servers:
+            s.shutdown()
+        reg.stop()
+
+
+# ---- progress output ----
+
+def run_on_pty(*args):
+    """Runs args with stderr on a new pseudo-terminal (stdout a pipe); returns (exit code, stdout, pty output)."""
+    master, slave = os.openpty()
+    p = subprocess.Popen([str(a) for a in args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    out, tty = [], []
+    fds = {p.stdout.fileno(): out, master: tty}
+    while fds:
+        for fd in select.select(list(fds), [], [], 60)[0]:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:   # EIO: the pty's other side is closed
+                data = b""
+            if data:
+                fds[fd].append(data)
+            else:
+                del fds[fd]
+    os.close(master)
+    return p.wait(60), b"".join(out), b"".join(tty)
+
+
+def test_progress(tmp):
+    """On a terminal, stderr gets a bar per layer ("layer N ... [###...] ... done", cursor movement); with stderr
+    not a terminal, or with --quiet, no bar and no escape sequence; the JSON is the same in every case."""
+    lay, desc = three_layer_image(tmp)
+    want = expected(lay.images[desc["digest"]], tmp=tmp)
+    rc, out, tty = run_on_pty(VS, "image", "roothash", "--jobs", "1", "--oci-layout", lay.path)
+    text = tty.decode(errors="replace")
+    assert rc == 0, text
+    check_layers(json.loads(out), want)
+    for i in range(len(want)):
+        assert re.search(rf"layer {i} [0-9a-f]{{12}} \[#{{30}}\] .* done", text), text
+    assert "\033[2K" in text and "\033[" in text.replace("\033[2K", ""), repr(text[:500])
+    # stderr not a terminal
+    p = run(VS, "image", "roothash", "--jobs", "1", "--oci-layout", lay.path)
+    check_layers(json.loads(p.stdout), want)
+    assert b"\033" not in p.stderr and b"layer 0" not in p.stderr and b"#" not in p.stderr, p.stderr
+    # --quiet on a terminal
+    rc, out, tty = run_on_pty(VS, "image", "roothash", "--quiet", "--oci-layout", lay.path)
+    assert rc == 0, tty
+    check_layers(json.loads(out), want)
+    assert b"\033" not in tty and b"layer 0" not in tty and b"#" not in tty, tty
+
+
+# ---- credential helpers and auth files ----
+
+HELPER = r"""#!%s
+# docker-credential-vstest: a double of docker-credential-helpers' protocol ("get", the server URL on stdin, JSON
+# on stdout; "credentials not found in native keychain" and exit 1 when nothing is stored). It answers from
+# store.json beside it and logs every call to calls.log there.
+import json, os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+server = sys.stdin.read().strip()
+with open(os.path.join(here, "calls.log"), "a") as f:
+    f.write(f"{os.path.basename(sys.argv[0])} {' '.join(sys.argv[1:])} {server}\n")
+store = json.load(open(os.path.join(here, "store.json")))
+if sys.argv[1:] != ["get"]:
+    print("unknown action", file=sys.stderr)
+    sys.exit(1)
+if store.get("fail"):
+    print("vstest: the keyring is locked\nsecond line", file=sys.stderr)
+    sys.exit(3)
+if server not in store["creds"]:
+    print("credentials not found in native keychain")
+    sys.exit(1)
+user, secret = store["creds"][server]
+print(json.dumps({"ServerURL": server, "Username": user, "Secret": secret}))
+"""
+
+
+class CredHelper:
+    """docker-credential-<name> scripts in a directory put first on PATH, with what they store."""
+
+    def __init__(self, tmp, names=("vstest",)):
+        self.dir = f"{tmp}/helpers"
+        os.makedirs(self.dir, exist_ok=True)
+        for n in names:
+            path = f"{self.dir}/docker-credential-{n}"
+            with open(path, "w") as f:
+                f.write(HELPER % sys.executable)
+            os.chmod(path, 0o755)
+        self.store({})
+
+    def store(self, creds, fail=False):
+        with open(f"{self.dir}/store.json", "w") as f:
+            json.dump({"creds": creds, "fail": fail}, f)
+        if os.path.exists(f"{self.dir}/calls.log"):
+            os.unlink(f"{self.dir}/calls.log")
+
+    def calls(self):
+        if not os.path.exists(f"{self.dir}/calls.log"):
+            return []
+        return open(f"{self.dir}/calls.log").read().splitlines()
+
+    def env(self, docker_config, **extra):
+        """PATH with the helpers first, DOCKER_CONFIG, and no podman auth file unless given in extra."""
+        env = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR")}
+        env.update(PATH=f"{self.dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", DOCKER_CONFIG=docker_config)
+        env.update(extra)
+        return env
+
+
+def write_config(d, cfg):
+    os.makedirs(d, exist_ok=True)
+    with open(f"{d}/config.json", "w") as f:
+        json.dump(cfg, f)
+    return d
+
+
+def b64(user, pw):
+    return base64.b64encode(f"{user}:{pw}".encode()).decode()
+
+
+def auth_registry(tmp):
+    """A TLS registry with htpasswd (alice), the image pushed, and the oracle's layers."""
+    lay, amd, _ = registry_image(tmp)
+    reg = Registry(tmp, tls=True, htpasswd=("alice", "h3lper-pw"))
+    reg.push(lay.path, "single", "team/app:1", creds=("alice", "h3lper-pw"))
+    return reg, expected(lay.images[amd["digest"]], tmp=tmp)
+
+
+def roothash_env(reg, env, *args, check=True):
+    p = run(VS, "image", "roothash", "--quiet", "--ca-file", reg.ca, *args, f"{reg.addr}/team/app:1", env=env,
+            check=check)
+    assert b"h3lper-pw" not in p.stdout + p.stderr and b"wrong-pw" not in p.stdout + p.stderr, p.stderr
+    return p
+
+
+def test_registry_cred_helpers(tmp):
+    """credHelpers[host] runs docker-credential-<name> get with the host on stdin; it wins over credsStore and
+    auths; a wrong secret from it is the registry's refusal."""
+    if not need("docker-registry", "skopeo", "htpasswd", "openssl"):
+        return SKIP
+    reg, want = auth_registry(tmp)
+    try:
+        h = CredHelper(tmp, names=("vstest", "vsother"))
+        h.store({reg.addr: ["alice", "h3lper-pw"]})
+        dc = write_config(f"{tmp}/dc1", {"credHelpers": {reg.addr: "vstest"}})
+        check_layers(json.loads(roothash_env(reg, h.env(dc)).stdout), want)
+        assert h.calls() == [f"docker-credential-vstest get {reg.addr}"], h.calls()
+        # precedence: credHelpers[host] over credsStore and over wrong auths
+        h.store({reg.addr: ["alice", "h3lper-pw"]})
+        dc = write_config(f"{tmp}/dc2", {"credHelpers": {f"https://{reg.addr}": "vstest"}, "credsStore": "vsother",
+                                         "auths": {reg.addr: {"auth": b64("alice", "wrong-pw")}}})
+        check_layers(json.loads(roothash_env(reg, h.env(dc)).stdout), want)
+        assert h.calls() == [f"docker-credential-vstest get {reg.addr}"], h.calls()
+        # a helper for another host is not asked
+        h.store({reg.addr: ["alice", "h3lper-pw"]})
+        dc = write_config(f"{tmp}/dc3", {"credHelpers": {"other.example:5000": "vsother"},
+                                         "auths": {reg.addr: {"auth": b64("alice", "h3lper-pw")}}})
+        check_layers(json.loads(roothash_env(reg, h.env(dc)).stdout), want)
+        assert h.calls() == [], h.calls()
+        # a wrong secret from the helper: the registry refuses it
+        h.store({reg.addr: ["alice", "wrong-pw"]})
+        dc = write_config(f"{tmp}/dc4", {"credHelpers": {reg.addr: "vstest"}})
+        p = roothash_env(reg, h.env(dc), check=False)
+        assert p.returncode == 2 and b"refused the credentials" in p.stderr, (p.returncode, p.stderr)
+        # an identity token is refused clearly
+        h.store({reg.addr: ["<token>", "some-refresh-token"]})
+        p = roothash_env(reg, h.env(dc), check=False)
+        assert p.returncode == 2 and b"identity token" in p.stderr and b"docker-credential-vstest" in p.stderr \
+            and b"some-refresh-token" not in p.stderr, p.stderr
+    finally:
+        reg.stop()
+
+
+def test_registry_creds_store(tmp):
+    """credsStore is the default helper (over auths); "not found in native keychain" is anonymous; a failing or
+    missing helper is an error that names it."""
+    if not need("docker-registry", "skopeo", "htpasswd", "openssl"):
+        return SKIP
+    reg, want = auth_registry(tmp)
+    plain = Registry(tmp)
+    try:
+        h = CredHelper(tmp)
+        h.store({reg.addr: ["alice", "h3lper-pw"]})
+        dc = write_config(f"{tmp}/dc1", {"credsStore": "vstest",
+                                         "auths": {reg.addr: {"auth": b64("alice", "wrong-pw")}}})
+        check_layers(json.loads(roothash_env(reg, h.env(dc)).stdout), want)
+        assert h.calls() == [f"docker-credential-vstest get {reg.addr}"], h.calls()
+        # nothing stored for the host: anonymous, so a registry without auth works ...
+        lay, amd, _ = registry_image(f"{tmp}/plain")
+        plain.push(lay.path, "single", "team/app:1")
+        h.store({})
+        p = run(VS, "image", "roothash", "--quiet", "--plain-http", f"{plain.addr}/team/app:1", env=h.env(dc))
+        check_layers(json.loads(p.stdout), expected(lay.images[amd["digest"]], tmp=tmp))
+        assert h.calls() == [f"docker-credential-vstest get {plain.addr}"], h.calls()
+        # ... and one with auth asks for credentials
+        p = roothash_env(reg, h.env(dc), check=False)
+        assert p.returncode == 2 and b"wants a username and password" in p.stderr, p.stderr
+        # Docker Hub is asked for under its index URL (a dead proxy keeps the request itself off the network)
+        h.store({})
+        env = h.env(dc, https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+        p = run(VS, "image", "roothash", "--quiet", "--retries", "0", "docker.io/library/none:1", env=env,
+                check=False)
+        assert p.returncode == 2, p.stderr
+        assert h.calls() == ["docker-credential-vstest get https://index.docker.io/v1/"], h.calls()
+        # a failing helper: an error naming it, its setting and the first line it printed
+        h.store({reg.addr: ["alice", "h3lper-pw"]}, fail=True)
+        p = roothash_env(reg, h.env(dc), check=False)
+        msg = p.stderr.decode()
+        assert p.returncode == 2 and "docker-credential-vstest" in msg and "credsStore" in msg, (p.returncode, msg)
+        assert "exit code 3" in msg and "the keyring is locked" in msg and "second line" not in msg, msg
+        # a helper that is not installed
+        dc = write_config(f"{tmp}/dc2", {"credsStore": "vsmissing"})
+        p = roothash_env(reg, h.env(dc), check=False)
+        assert p.returncode == 2 and b"docker-credential-vsmissing" in p.stderr, p.stderr
+        assert b"not found in PATH" in p.stderr, p.stderr
+    finally:
+        plain.stop()
+        reg.stop()
+
+
+def test_registry_auth_file(tmp):
+    """podman's auth.json: $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, when docker's config
+    has nothing for the host; --authfile replaces every other place."""
+    if not need("docker-registry", "skopeo", "htpasswd", "openssl"):
+        return SKIP
+    reg, want = auth_registry(tmp)
+    try:
+        h = CredHelper(tmp)
+        good = {"auths": {reg.addr: {"auth": b64("alice", "h3lper-pw")}}}
+        wrong = {"auths": {reg.addr: {"auth": b64("alice", "wrong-pw")}}}
+        write_config(f"{tmp}/good", good)
+        write_config(f"{tmp}/wrong", wrong)
+        empty = write_config(f"{tmp}/dc-empty", {"auths": {"other.example": {"auth": b64("x", "y")}}})
+        # REGISTRY_AUTH_FILE
+        env = h.env(empty, REGISTRY_AUTH_FILE=f"{tmp}/good/config.json")
+        check_layers(json.loads(roothash_env(reg, env).stdout), want)
+        # $XDG_RUNTIME_DIR/containers/auth.json
+        os.makedirs(f"{tmp}/run/containers")
+        shutil.copy(f"{tmp}/good/config.json", f"{tmp}/run/containers/auth.json")
+        check_layers(json.loads(roothash_env(reg, h.env(empty, XDG_RUNTIME_DIR=f"{tmp}/run")).stdout), want)
+        # REGISTRY_AUTH_FILE comes before XDG_RUNTIME_DIR
+        env = h.env(empty, XDG_RUNTIME_DIR=f"{tmp}/run", REGISTRY_AUTH_FILE=f"{tmp}/wrong/config.json")
+        p = roothash_env(reg, env, check=False)
+        assert p.returncode == 2 and b"refused the credentials" in p.stderr, p.stderr
+        # docker's config comes first when it has the host
+        wrong_dc = f"{tmp}/wrong"
+        p = roothash_env(reg, h.env(wrong_dc, REGISTRY_AUTH_FILE=f"{tmp}/good/config.json"), check=False)
+        assert p.returncode == 2 and b"refused the credentials" in p.stderr, p.stderr
+        # --authfile replaces them all (docker's wrong config, a wrong REGISTRY_AUTH_FILE)
+        env = h.env(wrong_dc, REGISTRY_AUTH_FILE=f"{tmp}/wrong/config.json")
+        check_layers(json.loads(roothash_env(reg, env, "--authfile", f"{tmp}/good/config.json").stdout), want)
+        # --authfile with a credential helper in it
+        h.store({reg.addr: ["alice", "h3lper-pw"]})
+        write_config(f"{tmp}/helper", {"credHelpers": {reg.addr: "vstest"}})
+        check_layers(json.loads(roothash_env(reg, env, "--authfile", f"{tmp}/helper/config.json").stdout), want)
+        assert h.calls() == [f"docker-credential-vstest get {reg.addr}"], h.calls()
+        # a missing or broken --authfile is an error naming it
+        p = roothash_env(reg, env, "--authfile", f"{tmp}/nope.json", check=False)
+        assert p.returncode == 2 and b"nope.json" in p.stderr, p.stderr
+        with open(f"{tmp}/broken.json", "w") as f:
+            f.write("{not json")
+        p = roothash_env(reg, env, "--authfile", f"{tmp}/broken.json", check=False)
+        assert p.returncode == 2 and b"broken.json" in p.stderr and b"not valid JSON" in p.stderr, p.stderr
+        _, p = image_roothash("--authfile", f"{tmp}/good/config.json", "--oci-layout", tmp, check=False)
+        assert p.returncode == 2 and b"--authfile is for registries" in p.stderr, p.stderr
+    finally:
+        reg.stop()
+
+
+def test_registry_pull_authfile(tmp):
+    """`veritysnap pull --authfile` and a credsStore helper fetch from a registry with auth into containerd
+    (native snapshotter, containerd's own unpack); the image in containerd then has the oracle's root hashes."""
+    if os.geteuid() != 0:
+        print("containerd needs root", file=sys.stderr)
+        return SKIP
+    if not need("containerd", "ctr", "docker-registry", "skopeo", "htpasswd", "openssl"):
+        return SKIP
+    reg, want = auth_registry(tmp)
+    ctd = None
+    try:
+        ctd = Containerd(tmp)
+        h = CredHelper(tmp)
+        write_config(f"{tmp}/good", {"auths": {reg.addr: {"auth": b64("alice", "h3lper-pw")}}})
+        wrong = write_config(f"{tmp}/wrong", {"auths": {reg.addr: {"auth": b64("alice", "wrong-pw")}}})
+        ref = f"{reg.addr}/team/app:1"
+
+        def pull(env, *args, check=True):
+            p = run(VS, "pull", "--quiet", "--containerd-address", ctd.sock, "--namespace", "vscred",
+                    "--snapshotter", "native", "--ca-file", reg.ca, *args, ref, env=env, check=check)
+            assert b"h3lper-pw" not in p.stdout + p.stderr, p.stderr
+            return p
+
+        p = pull(h.env(wrong), check=False)
+        assert p.returncode == 2 and b"refused the credentials" in p.stderr, p.stderr
+        pull(h.env(wrong), "--authfile", f"{tmp}/good/config.json")
+        got, _ = image_roothash("--containerd-address", ctd.sock, "--namespace", "vscred", ref)
+        check_layers(got, want)
+        # a credsStore helper for pull too (the image is already there: nothing to do, after authenticating)
+        h.store({reg.addr: ["alice", "h3lper-pw"]})
+        p = pull(h.env(write_config(f"{tmp}/store", {"credsStore": "vstest"})))
+        assert b"nothing to do" in p.stdout and h.calls() == [f"docker-credential-vstest get {reg.addr}"], \
+            (p.stdout, h.calls())
+    finally:
+        if ctd:
+            ctd.stop()
+        reg.stop()
+
+
 # ---- containerd ----
 
 class Containerd:
@@ -793,7 +1346,10 @@ def test_containerd(tmp):
 
 TESTS = [test_oci_layout, test_oci_archive, test_docker_archive, test_multi_platform, test_output_dir,
          test_corrupt_blob, test_diff_id_mismatch, test_media_types, test_layers_cache, test_registry_plain,
-         test_registry_tls_basic, test_registry_bearer, test_containerd]
+         test_registry_tls_basic, test_registry_bearer, test_registry_cred_helpers, test_registry_creds_store,
+         test_registry_auth_file, test_registry_pull_authfile, test_registry_resume_range,
+         test_registry_resume_no_range, test_registry_denied, test_registry_redirect_downgrade, test_progress,
+         test_containerd]
 
 
 def main():
