@@ -650,18 +650,7 @@ static const char *field_value(const struct snapshot_info *info, const struct se
     if (strcmp(f, "parent") == 0)
         return s->path_len == 1 ? (info->parent ? info->parent : "") : NULL;
     if (strcmp(f, "kind") == 0) {
-        if (s->path_len != 1)
-            return NULL;
-        switch (info->kind) {
-        case SNAPSHOT_KIND_ACTIVE:
-            return "active";
-        case SNAPSHOT_KIND_VIEW:
-            return "view";
-        case SNAPSHOT_KIND_COMMITTED:
-            return "committed";
-        default:
-            return NULL;
-        }
+        return s->path_len == 1 ? snap_kind_name(info->kind) : NULL;
     }
     if (strcmp(f, "labels") == 0 && s->path_len > 1) {
         size_t n = 0;

@@ -1,5 +1,5 @@
-/* Internal to snapshotter/: the handle, the store helpers, the filter matcher and the host layer mounts shared by
- * the files of the snapshot model. Not part of the folder's API (see snapshotter.h). */
+/* Internal to snapshotter/: the handle, the store helpers, the filter matcher and the host layer mounts
+ * shared by the files of the snapshot model. Not part of the folder's API (see snapshotter.h). */
 #ifndef VERITYSNAP_SNAPSHOTTER_SNAPSHOT_INTERNAL_H
 #define VERITYSNAP_SNAPSHOTTER_SNAPSHOT_INTERNAL_H
 
@@ -28,9 +28,9 @@ struct snapshotter {
     pthread_mutex_t lock; /* the store, the host layer table; never held during a conversion */
     struct host_layer *mounted;
     size_t mounted_count, mounted_cap;
-    int commits_in_flight; /* conversions writing under tmp/: cleanup leaves tmp/ alone meanwhile */
+    int commits_in_flight;    /* conversions writing under tmp/: cleanup leaves tmp/ alone meanwhile */
     struct blob_ingest *blob; /* the blob path (blob_ingest.c) */
-    char *tardev_prefix;   /* kata-tardev layer-src-prefix override, NULL: <root>/layers (dialect.c) */
+    char *tardev_prefix;      /* kata-tardev layer-src-prefix override, NULL: <root>/layers (dialect.c) */
 };
 
 /* One layer row, enough to mount it. */
@@ -49,7 +49,8 @@ int64_t snap_now_ns(void);
 
 /* ---- store.c ---- */
 
-/* Opens <root>/state.db (WAL, foreign keys, busy timeout) and runs the migrations up to the current version. */
+/* Opens <root>/state.db (WAL, foreign keys, busy timeout) and runs the migrations up to the current version.
+ */
 int store_open(struct snapshotter *s, struct vs_error *err);
 void store_close(struct snapshotter *s);
 
@@ -60,13 +61,15 @@ int store_exec(struct snapshotter *s, const char *sql, const char *what, struct 
 int store_prepare(struct snapshotter *s, sqlite3_stmt **st, const char *sql, struct vs_error *err);
 
 /* A code and message from the last sqlite error: -EEXIST for a unique constraint, -EIO otherwise. */
-int store_fail(struct snapshotter *s, struct vs_error *err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int store_fail(struct snapshotter *s, struct vs_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Reads a layer row by its id or by its snapshot's id; -ENOENT when none. */
-int store_layer_by_snapshot(struct snapshotter *s, int64_t snapshot_id, struct layer_row *out, struct vs_error *err);
+int store_layer_by_snapshot(struct snapshotter *s, int64_t snapshot_id, struct layer_row *out,
+                            struct vs_error *err);
 
-/* Fsyncs <root>/layers after a layer file was renamed into it, so the name survives a crash before the row that
- * points at it commits. */
+/* Fsyncs <root>/layers after a layer file was renamed into it, so the name survives a crash before the row
+ * that points at it commits. */
 int snap_sync_layers_dir(struct snapshotter *s, struct vs_error *err);
 
 /* A converted layer file to record: which snapshot, where, what format, from what source. */
@@ -79,7 +82,7 @@ struct layer_record {
     const char *blob_digest;   /* blob path only, else NULL */
     const char *diff_id;       /* blob path only, else NULL */
     const struct layer_file_result *result;
-    const char *root_hex;      /* "" without verity */
+    const char *root_hex; /* "" without verity */
 };
 
 /* Inserts a layers row (inside the caller's transaction); fails naming the path. */
@@ -90,23 +93,31 @@ int store_layer_insert(struct snapshotter *s, const struct layer_record *rec, st
 struct snap_filter;
 
 /* Parses containerd filter strings (ORed; commas AND inside one); -EINVAL naming the bad input. */
-int snap_filter_parse(const char *const *filters, size_t count, struct snap_filter **out, struct vs_error *err);
+int snap_filter_parse(const char *const *filters, size_t count, struct snap_filter **out,
+                      struct vs_error *err);
 bool snap_filter_match(const struct snap_filter *f, const struct snapshot_info *info);
+
+/* "active", "view" or "committed" (containerd's names, also the filters' kind values); NULL for anything
+ * else. */
+const char *snap_kind_name(int kind);
 void snap_filter_free(struct snap_filter *f);
 
 /* ---- host_mount.c ---- */
 
-/* Makes sure the layer is mounted at <root>/mnt/<id> (verity per the configured mode); caller holds the lock. */
+/* Makes sure the layer is mounted at <root>/mnt/<id> (verity per the configured mode); caller holds the lock.
+ */
 int host_layer_ensure(struct snapshotter *s, const struct layer_row *layer, struct vs_error *err);
 
-/* Unmounts every layer mount of ours that no active or view snapshot needs any more; caller holds the lock. */
+/* Unmounts every layer mount of ours that no active or view snapshot needs any more; caller holds the lock.
+ */
 int host_layers_sync(struct snapshotter *s, struct vs_error *err);
 
 /* At open: adopts the mounts under <root>/mnt/ that /proc/self/mountinfo lists, unmounts strays, and removes
  * dm-verity devices of this root that nothing mounts. */
 int host_layers_reconcile(struct snapshotter *s, struct vs_error *err);
 
-/* Unmounts everything of ours (close does not: mounts outlive the daemon so running containers keep theirs). */
+/* Unmounts everything of ours (close does not: mounts outlive the daemon so running containers keep theirs).
+ */
 void host_layers_forget(struct snapshotter *s);
 
 /* True when path is a mount point (its device differs from its parent's, or mountinfo lists it). */

@@ -37,7 +37,7 @@ static void snap_row_free(struct snap_row *r)
     memset(r, 0, sizeof(*r));
 }
 
-static const char *kind_name(int kind)
+const char *snap_kind_name(int kind)
 {
     switch (kind) {
     case SNAPSHOT_KIND_ACTIVE:
@@ -47,7 +47,7 @@ static const char *kind_name(int kind)
     case SNAPSHOT_KIND_COMMITTED:
         return "committed";
     default:
-        return "unknown";
+        return NULL;
     }
 }
 
@@ -663,7 +663,7 @@ static int create_snapshot(struct snapshotter *s, enum snapshot_dialect dialect,
             rc = vs_fail(err, -ENOENT, "snapshot '%s': parent '%s' does not exist", key, parent);
         else if (rc == 0 && prow.kind != SNAPSHOT_KIND_COMMITTED)
             rc = vs_fail(err, -EINVAL, "snapshot '%s': parent '%s' is not committed (it is %s)", key, parent,
-                         kind_name(prow.kind));
+                         snap_kind_name(prow.kind) ? snap_kind_name(prow.kind) : "unknown");
     }
     int64_t now = snap_now_ns();
     sqlite3_stmt *st = NULL;
@@ -818,7 +818,7 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     rc = get_row(s, key, &row, err);
     if (rc == 0 && row.kind != SNAPSHOT_KIND_ACTIVE)
         rc = vs_fail(err, -EBUSY, "snapshot '%s' is %s, not active: only an active snapshot can be committed",
-                     key, kind_name(row.kind));
+                     key, snap_kind_name(row.kind) ? snap_kind_name(row.kind) : "unknown");
     bool exists = false;
     if (rc == 0)
         rc = key_exists(s, name, &exists, err);
