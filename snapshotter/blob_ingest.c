@@ -1,18 +1,19 @@
-/* The blob path: a layer converted in one pass from its blob in containerd's content store, so its root hash is
- * the one `veritysnap convert` gives offline for the same blob.
+/* The blob path: a layer converted in one pass from its blob in containerd's content store, so its root hash
+ * is the one `veritysnap convert` gives offline for the same blob.
  *
- * At Prepare, containerd's unpacker passes the labels containerd.io/snapshot.ref=<chain ID> and (CRI with snapshot
- * annotations, `veritysnap pull`) containerd.io/snapshot/cri.layer-digest=<blob digest>. When the blob is already in
- * the content store, the layer is converted from Content.Read, its diff ID checked against the chain ID
- * (sha256(<parent chain ID> + " " + <diff ID>), the diff ID itself for a first layer), committed with the ref label
- * and the backend parent containerd asked for, and Prepare answers ALREADY_EXISTS: containerd's metadata layer then
- * walks us with labels."containerd.io/snapshot.ref"==<chain ID>,parent=="<backend parent>" and records the first
- * committed match under the chain ID, skipping fetch and apply.
+ * At Prepare, containerd's unpacker passes the labels containerd.io/snapshot.ref=<chain ID> and (CRI with
+ * snapshot annotations, `veritysnap pull`) containerd.io/snapshot/cri.layer-digest=<blob digest>. When the
+ * blob is already in the content store, the layer is converted from Content.Read, its diff ID checked against
+ * the chain ID (sha256(<parent chain ID> + " " + <diff ID>), the diff ID itself for a first layer), committed
+ * with the ref label and the backend parent containerd asked for, and Prepare answers ALREADY_EXISTS:
+ * containerd's metadata layer then walks us with labels."containerd.io/snapshot.ref"==<chain
+ * ID>,parent=="<backend parent>" and records the first committed match under the chain ID, skipping fetch and
+ * apply.
  *
- * Namespaces: through containerd 1.6 the proxy backend receives NO containerd-namespace metadata on Prepare (the
- * metadata layer calls it without one); the namespace is only in the backend key, which the metadata layer builds
- * as "<ns>/<sequence>/<key>". So the content store's namespace is parsed from the key, and the call's metadata
- * is only a fallback for keys of another shape. */
+ * Namespaces: through containerd 1.6 the proxy backend receives NO containerd-namespace metadata on Prepare
+ * (the metadata layer calls it without one); the namespace is only in the backend key, which the metadata
+ * layer builds as "<ns>/<sequence>/<key>". So the content store's namespace is parsed from the key, and the
+ * call's metadata is only a fallback for keys of another shape. */
 #include "snapshotter/blob_ingest.h"
 
 #include <errno.h>
@@ -39,8 +40,9 @@ struct blob_ingest {
     struct blob_job *jobs; /* under the snapshotter's lock */
     pthread_cond_t done;   /* signalled (with the snapshotter's lock) when a job ends */
     pthread_mutex_t count_lock;
+    uint64_t blob_reads; /* blobs read from containerd's content store (one per conversion pass) */
     uint64_t blob_conversions, directory_conversions, tarfs_conversions; /* erofs from blobs, erofs from
-                                                                               * directories, tarfs (from blobs) */
+                                                                          * directories, tarfs (from blobs) */
 };
 
 int blob_ingest_new(const struct snapshotter_content *content, struct blob_ingest **out, struct vs_error *err)
@@ -66,7 +68,8 @@ void blob_ingest_free(struct blob_ingest *b)
     free(b);
 }
 
-void blob_ingest_count(struct snapshotter *s, bool blob, const char *format, const char *key, const char *root_hash)
+void blob_ingest_count(struct snapshotter *s, bool blob, const char *format, const char *key,
+                       const char *root_hash)
 {
     struct blob_ingest *b = s->blob;
     if (!b)
@@ -79,14 +82,22 @@ void blob_ingest_count(struct snapshotter *s, bool blob, const char *format, con
         b->blob_conversions++;
     else
         b->directory_conversions++;
-    char nb[32], nd[32], nt[32];
+    char nb[32], nd[32], nt[32], nr[32];
+    snprintf(nr, sizeof(nr), "%llu", (unsigned long long)b->blob_reads);
     snprintf(nb, sizeof(nb), "%llu", (unsigned long long)b->blob_conversions);
     snprintf(nd, sizeof(nd), "%llu", (unsigned long long)b->directory_conversions);
     snprintf(nt, sizeof(nt), "%llu", (unsigned long long)b->tarfs_conversions);
     pthread_mutex_unlock(&b->count_lock);
-    vs_log(VS_LOG_INFO, "layer converted", "source", blob ? "blob" : "directory", "format", format ? format : "erofs",
-           "key", key, "root_hash", root_hash ? root_hash : "", "blob_conversions", nb, "directory_conversions", nd,
-           "tarfs_conversions", nt, NULL);
+    vs_log(VS_LOG_INFO, "layer converted", "source", blob ? "blob" : "directory", "format",
+           format ? format : "erofs", "key", key, "root_hash", root_hash ? root_hash : "", "blob_conversions",
+           nb, "directory_conversions", nd, "tarfs_conversions", nt, "blob_reads", nr, NULL);
+}
+
+static void count_blob_read(struct blob_ingest *b)
+{
+    pthread_mutex_lock(&b->count_lock);
+    b->blob_reads++;
+    pthread_mutex_unlock(&b->count_lock);
 }
 
 /* ---- helpers ---- */
@@ -153,7 +164,8 @@ static void chain_id_of(const char *parent_chain, const char *diff_id, char out[
 }
 
 /* The chain ID of committed snapshot id: its ref label, else a "sha256:..." last component of its name (what
- * containerd's Commit(name=<chain ID>) becomes in the backend: "<ns>/<seq>/<chain ID>"). Caller holds the lock. */
+ * containerd's Commit(name=<chain ID>) becomes in the backend: "<ns>/<seq>/<chain ID>"). Caller holds the
+ * lock. */
 static int chain_id_of_snapshot(struct snapshotter *s, int64_t id, char out[80], struct vs_error *err)
 {
     out[0] = '\0';
@@ -189,11 +201,12 @@ static int find_committed(struct snapshotter *s, const char *chain, const char *
     if (found && found_cap)
         found[0] = '\0';
     sqlite3_stmt *st;
-    int rc = store_prepare(s, &st,
-                           "SELECT s.key FROM snapshots s JOIN labels l ON l.snapshot_id = s.id AND l.key = ? "
-                           "LEFT JOIN snapshots p ON p.id = s.parent_id "
-                           "WHERE s.kind = 3 AND l.value = ? AND COALESCE(p.key, '') = ? ORDER BY s.id LIMIT 1",
-                           err);
+    int rc =
+        store_prepare(s, &st,
+                      "SELECT s.key FROM snapshots s JOIN labels l ON l.snapshot_id = s.id AND l.key = ? "
+                      "LEFT JOIN snapshots p ON p.id = s.parent_id "
+                      "WHERE s.kind = 3 AND l.value = ? AND COALESCE(p.key, '') = ? ORDER BY s.id LIMIT 1",
+                      err);
     if (rc < 0)
         return rc;
     sqlite3_bind_text(st, 1, SNAPSHOT_LABEL_REF, -1, SQLITE_STATIC);
@@ -228,11 +241,14 @@ static int row_of(struct snapshotter *s, const char *key, int64_t *id, int *kind
     return rc;
 }
 
-/* Reads blob digest from ns's content store into a layer file at out_path. A failure of the stream (gRPC, size,
- * digest) is the cause of whatever the converter then saw, so it is reported in preference. */
+/* Reads blob digest from ns's content store into a layer file at out_path. A failure of the stream (gRPC,
+ * size, digest) is the cause of whatever the converter then saw, so it is reported in preference. */
+/* Builds the layer file at out_path from the blob in containerd's content store; with tarfs_path, also its
+ * tarfs form from the same read (kata-tardev sockets need both). */
 static int convert_blob(struct snapshotter *s, const char *ns, const char *digest, int64_t size,
-                        const char *out_path, const struct layer_file_options *opts, struct layer_file_result *res,
-                        struct vs_error *err)
+                        const char *out_path, const struct layer_file_options *opts,
+                        struct layer_file_result *res, const char *tarfs_path,
+                        struct layer_file_result *tarfs_res, struct vs_error *err)
 {
     const struct snapshotter_content *c = &s->blob->content;
     int fd = -1;
@@ -240,7 +256,9 @@ static int convert_blob(struct snapshotter *s, const char *ns, const char *diges
     int rc = c->open(c->ctx, ns, digest, size, &fd, &stream, err);
     if (rc < 0)
         return rc;
-    rc = layer_file_build_fd(fd, out_path, opts, res, err);
+    count_blob_read(s->blob);
+    rc = tarfs_path ? layer_file_build_fd_both(fd, out_path, tarfs_path, opts, res, tarfs_res, err)
+                    : layer_file_build_fd(fd, out_path, opts, res, err);
     struct vs_error cerr;
     vs_error_clear(&cerr);
     int crc = c->close(c->ctx, stream, rc == 0, &cerr);
@@ -250,6 +268,8 @@ static int convert_blob(struct snapshotter *s, const char *ns, const char *diges
             snprintf(side, sizeof(side), "%s.dmverity", out_path);
             unlink(out_path);
             unlink(side);
+            if (tarfs_path)
+                unlink(tarfs_path);
         }
         if (err)
             *err = cerr;
@@ -258,10 +278,12 @@ static int convert_blob(struct snapshotter *s, const char *ns, const char *diges
     return rc;
 }
 
-static int put_label(struct snapshotter *s, int64_t id, const char *key, const char *value, struct vs_error *err)
+static int put_label(struct snapshotter *s, int64_t id, const char *key, const char *value,
+                     struct vs_error *err)
 {
     sqlite3_stmt *st;
-    int rc = store_prepare(s, &st, "INSERT OR REPLACE INTO labels (snapshot_id, key, value) VALUES (?, ?, ?)", err);
+    int rc = store_prepare(s, &st, "INSERT OR REPLACE INTO labels (snapshot_id, key, value) VALUES (?, ?, ?)",
+                           err);
     if (rc < 0)
         return rc;
     sqlite3_bind_int64(st, 1, id);
@@ -298,9 +320,9 @@ static void job_end(struct snapshotter *s, struct blob_job *job)
 
 /* ---- the tarfs form of a committed layer (kata-tardev) ---- */
 
-/* What the tarfs conversion of committed snapshot `key` needs: whether its tarfs row exists, its blob digest (the
- * erofs row's, or the cri.layer-digest label) and its diff ID (the erofs row's, known for blob-path layers).
- * Caller holds the lock. */
+/* What the tarfs conversion of committed snapshot `key` needs: whether its tarfs row exists, its blob digest
+ * (the erofs row's, or the cri.layer-digest label) and its diff ID (the erofs row's, known for blob-path
+ * layers). Caller holds the lock. */
 static int tarfs_needs(struct snapshotter *s, const char *key, bool *have, char digest[80], char diff_id[80],
                        struct vs_error *err)
 {
@@ -321,7 +343,8 @@ static int tarfs_needs(struct snapshotter *s, const char *key, bool *have, char 
     int step = sqlite3_step(st);
     if (step == SQLITE_ROW) {
         *have = sqlite3_column_type(st, 0) != SQLITE_NULL;
-        const char *bd = (const char *)sqlite3_column_text(st, 1), *di = (const char *)sqlite3_column_text(st, 2),
+        const char *bd = (const char *)sqlite3_column_text(st, 1),
+                   *di = (const char *)sqlite3_column_text(st, 2),
                    *lab = (const char *)sqlite3_column_text(st, 3);
         if (is_sha256_digest(bd))
             snprintf(digest, 80, "%s", bd);
@@ -357,10 +380,11 @@ static void count_tarfs(struct snapshotter *s, const char *key)
     blob_ingest_count(s, true, "tarfs", key, root);
 }
 
-/* Makes sure committed snapshot `key` has its tarfs row, building it from the layer blob when the blob is in the
- * content store of namespace ns (or of the namespace in key). 0: it has one now; 1: it cannot (no blob digest or
- * diff ID recorded, the blob is gone, or layers/<h> belongs to another snapshot of the same chain ID); <0: the
- * conversion failed. Concurrent calls for one snapshot convert once. No lock held on entry or exit. */
+/* Makes sure committed snapshot `key` has its tarfs row, building it from the layer blob when the blob is in
+ * the content store of namespace ns (or of the namespace in key). 0: it has one now; 1: it cannot (no blob
+ * digest or diff ID recorded, the blob is gone, or layers/<h> belongs to another snapshot of the same chain
+ * ID); <0: the conversion failed. Concurrent calls for one snapshot convert once. No lock held on entry or
+ * exit. */
 static int ensure_tarfs(struct snapshotter *s, const char *ns, const char *key, struct vs_error *err)
 {
     struct blob_ingest *b = s->blob;
@@ -388,8 +412,8 @@ static int ensure_tarfs(struct snapshotter *s, const char *ns, const char *key, 
     if (rc < 0 || have)
         return rc;
     if (!digest[0] || !diff_id[0]) {
-        vs_log(VS_LOG_WARN, "kata-tardev: no tarfs form possible for a layer that did not come from its blob", "key",
-               key, NULL);
+        vs_log(VS_LOG_WARN, "kata-tardev: no tarfs form possible for a layer that did not come from its blob",
+               "key", key, NULL);
         return 1;
     }
 
@@ -408,30 +432,34 @@ static int ensure_tarfs(struct snapshotter *s, const char *ns, const char *key, 
         int fd = -1;
         void *stream = NULL;
         rc = b->content.open(b->content.ctx, try_ns[i], digest, size, &fd, &stream, err);
+        if (rc == 0)
+            count_blob_read(b);
         if (rc < 0)
             break;
         rc = snapshotter_layer_add_tarfs(s, key, fd, digest, diff_id, err);
         struct vs_error cerr;
         vs_error_clear(&cerr);
         int crc = b->content.close(b->content.ctx, stream, rc == 0, &cerr);
-        /* The tarfs row is recorded only when the bytes gave the recorded diff ID, so a stream error after that
-         * (trailing bytes of a compressed blob) does not make the file wrong; a stream error before is the cause. */
+        /* The tarfs row is recorded only when the bytes gave the recorded diff ID, so a stream error after
+         * that (trailing bytes of a compressed blob) does not make the file wrong; a stream error before is
+         * the cause. */
         if (rc < 0 && crc < 0 && err)
             *err = cerr;
         if (rc == -EEXIST) {
-            vs_log(VS_LOG_WARN, "kata-tardev: the tarfs file of this chain ID belongs to another snapshot", "key", key,
-                   "error", err ? err->message : "", NULL);
+            vs_log(VS_LOG_WARN, "kata-tardev: the tarfs file of this chain ID belongs to another snapshot",
+                   "key", key, "error", err ? err->message : "", NULL);
             rc = 1;
             break;
         }
         if (rc < 0)
-            vs_error_prefix(err, "tarfs form of layer '%s' from blob %s (namespace %s)", key, digest, try_ns[i]);
+            vs_error_prefix(err, "tarfs form of layer '%s' from blob %s (namespace %s)", key, digest,
+                            try_ns[i]);
         else
             count_tarfs(s, key);
     }
     if (rc == 1)
-        vs_log(VS_LOG_WARN, "kata-tardev: the layer blob is not in containerd's content store, no tarfs form", "key",
-               key, "digest", digest, NULL);
+        vs_log(VS_LOG_WARN, "kata-tardev: the layer blob is not in containerd's content store, no tarfs form",
+               "key", key, "digest", digest, NULL);
     pthread_mutex_lock(&s->lock);
     job_end(s, &job);
     pthread_mutex_unlock(&s->lock);
@@ -503,37 +531,43 @@ struct prepare_job {
     int64_t size;
 };
 
-/* Converts, checks and commits the layer of job j (no lock held on entry or exit). */
-static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j, const struct snapshot_label *labels,
-                              size_t label_count, char *committed, size_t committed_cap, struct vs_error *err)
+/* Converts, checks and commits the layer of job j (no lock held on entry or exit); with_tarfs (kata-tardev)
+ * also builds its tarfs form from the same read of the blob and records it after the commit. */
+static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j,
+                              const struct snapshot_label *labels, size_t label_count, bool with_tarfs,
+                              char *committed, size_t committed_cap, struct vs_error *err)
 {
-    char tmpdir[PATH_MAX], tmpfile[PATH_MAX + 16];
+    char tmpdir[PATH_MAX], tmpfile[PATH_MAX + 16], tarfs_file[PATH_MAX + 16];
     snprintf(tmpdir, sizeof(tmpdir), "%s/tmp/blob-XXXXXX", s->root);
     if (!mkdtemp(tmpdir))
         return vs_fail(err, -errno, "creating '%s': %s", tmpdir, strerror(errno));
     snprintf(tmpfile, sizeof(tmpfile), "%s/layer", tmpdir);
+    snprintf(tarfs_file, sizeof(tarfs_file), "%s/layer.tarfs", tmpdir);
     struct layer_file_options opts = s->layer;
     opts.tarfs.format = TARFS_FORMAT_EROFS; /* host mounts need EROFS */
     opts.sidecar = true;
-    struct layer_file_result res;
+    struct layer_file_result res, tarfs_res;
     memset(&res, 0, sizeof(res));
-    int rc = convert_blob(s, j->ns, j->digest, j->size, tmpfile, &opts, &res, err);
+    memset(&tarfs_res, 0, sizeof(tarfs_res));
+    int rc = convert_blob(s, j->ns, j->digest, j->size, tmpfile, &opts, &res, with_tarfs ? tarfs_file : NULL,
+                          &tarfs_res, err);
     char diff_id[80] = "", computed[80] = "";
     if (rc == 0) {
         vs_digest_format(res.image.diff_id, diff_id);
         chain_id_of(j->parent_chain, diff_id, computed);
         if (strcmp(computed, j->chain) != 0)
-            rc = vs_fail(err, -EBADMSG,
-                         "the blob's content has diff ID %s, which gives chain ID %s (parent chain %s), not the %s "
-                         "the image names: the blob does not match its image",
-                         diff_id, computed, j->parent_chain[0] ? j->parent_chain : "none", j->chain);
+            rc = vs_fail(
+                err, -EBADMSG,
+                "the blob's content has diff ID %s, which gives chain ID %s (parent chain %s), not the %s "
+                "the image names: the blob does not match its image",
+                diff_id, computed, j->parent_chain[0] ? j->parent_chain : "none", j->chain);
     }
     char root_hex[2 * VERITY_MAX_DIGEST + 1] = "";
     if (rc == 0 && res.verity)
         vs_hex_encode(res.layout.root_hash, res.layout.digest_size, root_hex);
 
-    /* The committed name carries the chain ID, in containerd's "<ns>/<seq>/<name>" shape when the key has it (the
-     * sequence containerd gave this Prepare is never handed out again, so the name is unique). */
+    /* The committed name carries the chain ID, in containerd's "<ns>/<seq>/<name>" shape when the key has it
+     * (the sequence containerd gave this Prepare is never handed out again, so the name is unique). */
     const char *rest = NULL;
     char ns_of_key[256];
     if (split_backend_key(j->key, ns_of_key, sizeof(ns_of_key), &rest))
@@ -562,9 +596,10 @@ static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j
     if (rc == 0) {
         sqlite3_stmt *st;
         int64_t now = snap_now_ns();
-        rc = store_prepare(s, &st,
-                           "INSERT INTO snapshots (key, kind, parent_id, created_ns, updated_ns) VALUES (?, 3, ?, ?, ?)",
-                           err);
+        rc = store_prepare(
+            s, &st,
+            "INSERT INTO snapshots (key, kind, parent_id, created_ns, updated_ns) VALUES (?, 3, ?, ?, ?)",
+            err);
         if (rc == 0) {
             sqlite3_bind_text(st, 1, committed, -1, SQLITE_STATIC);
             if (j->parent_id)
@@ -589,10 +624,15 @@ static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j
         snprintf(final, sizeof(final), "%s/%s", s->root, rel);
         snprintf(dst_side, sizeof(dst_side), "%s.dmverity", final);
         rc = store_layer_insert(s,
-                                &(struct layer_record){.snapshot_id = id, .path = rel, .format = "erofs",
-                                                       .source = "blob", .source_digest = j->digest,
-                                                       .blob_digest = j->digest, .diff_id = diff_id,
-                                                       .result = &res, .root_hex = root_hex},
+                                &(struct layer_record){.snapshot_id = id,
+                                                       .path = rel,
+                                                       .format = "erofs",
+                                                       .source = "blob",
+                                                       .source_digest = j->digest,
+                                                       .blob_digest = j->digest,
+                                                       .diff_id = diff_id,
+                                                       .result = &res,
+                                                       .root_hex = root_hex},
                                 err);
     }
     /* Into layers/ under the lock, so that a cleanup never sees the file without its row. */
@@ -615,14 +655,27 @@ static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j
         }
     }
     pthread_mutex_unlock(&s->lock);
-    snap_remove_tree(tmpdir, NULL);
     if (rc == 0)
         blob_ingest_count(s, true, "erofs", committed, root_hex);
+    if (rc == 0 && with_tarfs) {
+        /* The erofs form is committed and right whatever happens here; a failure only leaves the tarfs form
+         * to the next kata-tardev call (ensure_tarfs). */
+        struct vs_error terr;
+        vs_error_clear(&terr);
+        if (snapshotter_layer_install_tarfs(s, committed, tarfs_file, &tarfs_res, j->digest, diff_id,
+                                            &terr) == 0)
+            count_tarfs(s, committed);
+        else
+            vs_log(VS_LOG_WARN, "blob path: the tarfs form built beside the erofs form was not recorded",
+                   "key", committed, "error", terr.message, NULL);
+    }
+    snap_remove_tree(tmpdir, NULL);
     return rc;
 }
 
-int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call, const char *key, const char *parent,
-                        const struct snapshot_label *labels, size_t label_count, struct vs_error *err)
+int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call, const char *key,
+                        const char *parent, const struct snapshot_label *labels, size_t label_count,
+                        struct vs_error *err)
 {
     struct blob_ingest *b = s->blob;
     if (!b || !b->content.info || !key || !key[0])
@@ -644,36 +697,40 @@ int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call,
     pthread_mutex_lock(&s->lock);
     int rc = 0;
     for (;;) {
-        /* Already converted (by an earlier Prepare, or one we waited for): containerd finds it by label and parent.
-         * A match from another namespace is fine: containerd records whatever backend snapshot the walk finds,
-         * and its garbage collector counts references across namespaces. */
+        /* Already converted (by an earlier Prepare, or one we waited for): containerd finds it by label and
+         * parent. A match from another namespace is fine: containerd records whatever backend snapshot the
+         * walk finds, and its garbage collector counts references across namespaces. */
         bool exists = false;
         rc = find_committed(s, j.chain, j.parent, &exists, committed, sizeof(committed), err);
         if (rc < 0)
             break;
         if (exists) {
-            rc = vs_fail(err, -EEXIST, "snapshot '%s': layer %s is committed already (blob path)", key, j.chain);
+            rc = vs_fail(err, -EEXIST, "snapshot '%s': layer %s is committed already (blob path)", key,
+                         j.chain);
             break;
         }
         if (!job_in_flight(b, job_id))
             break;
         /* another Prepare converts this layer: wait for it */
-        vs_log(VS_LOG_INFO, "blob path: waiting for the conversion of this layer by another Prepare", "key", key,
-               "chain_id", j.chain, NULL);
+        vs_log(VS_LOG_INFO, "blob path: waiting for the conversion of this layer by another Prepare", "key",
+               key, "chain_id", j.chain, NULL);
         pthread_cond_wait(&b->done, &s->lock);
     }
     if (rc == 0) {
-        /* The directory path reports a missing or uncommitted parent, or an existing key, with the right codes. */
+        /* The directory path reports a missing or uncommitted parent, or an existing key, with the right
+         * codes. */
         int kind = 0;
         bool key_taken = row_of(s, key, &j.parent_id, &kind, NULL) == 0;
         j.parent_id = 0;
         if (key_taken)
             rc = 1;
-        else if (j.parent[0] && (row_of(s, j.parent, &j.parent_id, &kind, NULL) < 0 || kind != SNAPSHOT_KIND_COMMITTED))
+        else if (j.parent[0] &&
+                 (row_of(s, j.parent, &j.parent_id, &kind, NULL) < 0 || kind != SNAPSHOT_KIND_COMMITTED))
             rc = 1;
-        else if (j.parent[0] && (chain_id_of_snapshot(s, j.parent_id, j.parent_chain, err) < 0 || !j.parent_chain[0])) {
-            vs_log(VS_LOG_WARN, "blob path: the parent's chain ID is unknown, taking the directory path", "key", key,
-                   "parent", j.parent, NULL);
+        else if (j.parent[0] &&
+                 (chain_id_of_snapshot(s, j.parent_id, j.parent_chain, err) < 0 || !j.parent_chain[0])) {
+            vs_log(VS_LOG_WARN, "blob path: the parent's chain ID is unknown, taking the directory path",
+                   "key", key, "parent", j.parent, NULL);
             rc = 1;
         }
     }
@@ -702,20 +759,23 @@ int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call,
     if (irc == -ENOENT) {
         rc = 1; /* not fetched yet: the directory path, and Commit converts from the blob */
     } else if (irc < 0) {
-        vs_log(VS_LOG_WARN, "blob path: containerd's content store cannot be asked, taking the directory path", "key",
-               key, "namespace", j.ns, "digest", j.digest, "error", ierr.message, NULL);
+        vs_log(VS_LOG_WARN,
+               "blob path: containerd's content store cannot be asked, taking the directory path", "key", key,
+               "namespace", j.ns, "digest", j.digest, "error", ierr.message, NULL);
         rc = 1;
     } else {
-        rc = convert_and_commit(s, &j, labels, label_count, committed, sizeof(committed), err);
+        rc = convert_and_commit(s, &j, labels, label_count, tardev, committed, sizeof(committed), err);
         int trc = 0;
         if (rc == 0 && tardev && (trc = ensure_tarfs(s, j.ns, committed, err)) < 0)
             rc = trc; /* the erofs form stays committed: it is right, only the tarfs form failed */
         if (rc < 0)
-            vs_error_prefix(err, "snapshot '%s': layer %s (chain ID %s) from containerd's content store (namespace %s)",
-                            key, j.digest, j.chain, j.ns);
+            vs_error_prefix(
+                err, "snapshot '%s': layer %s (chain ID %s) from containerd's content store (namespace %s)",
+                key, j.digest, j.chain, j.ns);
         else
-            rc = vs_fail(err, -EEXIST, "snapshot '%s': layer %s converted from its blob and committed as '%s'", key,
-                         j.chain, committed);
+            rc =
+                vs_fail(err, -EEXIST, "snapshot '%s': layer %s converted from its blob and committed as '%s'",
+                        key, j.chain, committed);
     }
 
     pthread_mutex_lock(&s->lock);
@@ -729,24 +789,27 @@ int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call,
 
 int blob_ingest_commit(struct snapshotter *s, const char *key, const char *name, int64_t snapshot_id,
                        int64_t parent_id, const struct snapshot_label *labels, size_t label_count,
-                       const char *out_path, const struct layer_file_options *opts, struct layer_file_result *res,
-                       struct blob_commit_source *src, struct vs_error *err)
+                       const char *out_path, const struct layer_file_options *opts,
+                       struct layer_file_result *res, struct blob_commit_source *src, struct vs_error *err)
 {
     memset(src, 0, sizeof(*src));
     struct blob_ingest *b = s->blob;
     if (!b || !b->content.info)
         return 1;
     char digest[80] = "", chain[80] = "", parent_chain[80] = "", ns[256] = "";
-    /* The digest label was given at Prepare; the chain ID comes with Commit's labels, or Prepare's, or the name. */
+    /* The digest label was given at Prepare; the chain ID comes with Commit's labels, or Prepare's, or the
+     * name. */
     pthread_mutex_lock(&s->lock);
     sqlite3_stmt *st;
-    int rc = store_prepare(s, &st, "SELECT key, value FROM labels WHERE snapshot_id = ? AND key IN (?, ?)", err);
+    int rc =
+        store_prepare(s, &st, "SELECT key, value FROM labels WHERE snapshot_id = ? AND key IN (?, ?)", err);
     if (rc == 0) {
         sqlite3_bind_int64(st, 1, snapshot_id);
         sqlite3_bind_text(st, 2, SNAPSHOT_LABEL_LAYER_DIGEST, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, SNAPSHOT_LABEL_REF, -1, SQLITE_STATIC);
         while (sqlite3_step(st) == SQLITE_ROW) {
-            const char *k = (const char *)sqlite3_column_text(st, 0), *v = (const char *)sqlite3_column_text(st, 1);
+            const char *k = (const char *)sqlite3_column_text(st, 0),
+                       *v = (const char *)sqlite3_column_text(st, 1);
             if (k && v && strcmp(k, SNAPSHOT_LABEL_LAYER_DIGEST) == 0)
                 snprintf(digest, sizeof(digest), "%s", v);
             else if (k && v)
@@ -776,11 +839,13 @@ int blob_ingest_commit(struct snapshotter *s, const char *key, const char *name,
     vs_error_clear(&ierr);
     int irc = b->content.info(b->content.ctx, ns, digest, &size, &ierr);
     if (irc < 0) {
-        vs_log(VS_LOG_WARN, "commit: the layer blob is not readable in containerd's content store, converting the directory",
-               "key", key, "namespace", ns, "digest", digest, "error", ierr.message, NULL);
+        vs_log(
+            VS_LOG_WARN,
+            "commit: the layer blob is not readable in containerd's content store, converting the directory",
+            "key", key, "namespace", ns, "digest", digest, "error", ierr.message, NULL);
         return 1;
     }
-    rc = convert_blob(s, ns, digest, size, out_path, opts, res, err);
+    rc = convert_blob(s, ns, digest, size, out_path, opts, res, NULL, NULL, err);
     char diff_id[80] = "", computed[80] = "";
     if (rc == 0) {
         vs_digest_format(res->image.diff_id, diff_id);
@@ -788,9 +853,10 @@ int blob_ingest_commit(struct snapshotter *s, const char *key, const char *name,
         if (is_sha256_digest(chain) && (!parent_id || parent_chain[0])) {
             chain_id_of(parent_chain, diff_id, computed);
             if (strcmp(computed, chain) != 0)
-                rc = vs_fail(err, -EBADMSG,
-                             "the blob's content has diff ID %s, which gives chain ID %s, not the %s the image names",
-                             diff_id, computed, chain);
+                rc = vs_fail(
+                    err, -EBADMSG,
+                    "the blob's content has diff ID %s, which gives chain ID %s, not the %s the image names",
+                    diff_id, computed, chain);
         }
         if (rc < 0) {
             char side[PATH_MAX + 16];
@@ -800,8 +866,9 @@ int blob_ingest_commit(struct snapshotter *s, const char *key, const char *name,
         }
     }
     if (rc < 0)
-        return vs_error_prefix(err, "commit of snapshot '%s' as '%s': layer %s from containerd's content store "
-                                    "(namespace %s)",
+        return vs_error_prefix(err,
+                               "commit of snapshot '%s' as '%s': layer %s from containerd's content store "
+                               "(namespace %s)",
                                key, name, digest, ns);
     src->blob = true;
     snprintf(src->blob_digest, sizeof(src->blob_digest), "%s", digest);

@@ -439,14 +439,85 @@ static int tarfs_row_state(struct snapshotter *s, const char *key, const char *r
     return rc;
 }
 
+/* layers/<h>: tardev's file name for the chain ID the key ends with. */
+static void tarfs_rel_path(const char *key, char rel[80])
+{
+    char h[65];
+    snapshot_tardev_layer_name(key, h);
+    snprintf(rel, 80, "layers/%s", h);
+}
+
+int snapshotter_layer_install_tarfs(struct snapshotter *s, const char *key, const char *built_path,
+                                    const struct layer_file_result *res, const char *source_digest,
+                                    const char *expected_diff_id, struct vs_error *err)
+{
+    char rel[80], final[PATH_MAX + 96], diff[80], root_hex[2 * VERITY_MAX_DIGEST + 1] = "";
+    tarfs_rel_path(key, rel);
+    snprintf(final, sizeof(final), "%s/%s", s->root, rel);
+    vs_digest_format(res->image.diff_id, diff);
+    int rc = 0;
+    if (expected_diff_id && strcmp(expected_diff_id, diff) != 0)
+        rc =
+            vs_fail(err, -EBADMSG, "tarfs conversion of snapshot '%s': the blob's diff ID is %s, expected %s",
+                    key, diff, expected_diff_id);
+    if (rc == 0)
+        vs_hex_encode(res->layout.root_hash, res->layout.digest_size, root_hex);
+
+    pthread_mutex_lock(&s->lock);
+    bool in_tx = false, renamed = false, have = false;
+    if (rc == 0)
+        rc = store_exec(s, "BEGIN IMMEDIATE", "starting a transaction", err);
+    in_tx = rc == 0;
+    int64_t id = 0;
+    if (rc == 0 && (rc = tarfs_row_state(s, key, rel, &id, &have, err)) < 0)
+        vs_error_prefix(err, "tarfs conversion");
+    if (rc == 0 && have)
+        rc = 1; /* built meanwhile by another call: nothing to do */
+    if (rc == 0) {
+        if (rename(built_path, final) < 0) {
+            rc = vs_fail(err, -errno, "tarfs conversion of snapshot '%s': renaming to '%s': %s", key, final,
+                         strerror(errno));
+        } else {
+            renamed = true;
+            if ((rc = snap_sync_layers_dir(s, err)) < 0)
+                vs_error_prefix(err, "tarfs conversion of snapshot '%s'", key);
+        }
+    }
+    if (rc == 0) {
+        struct layer_record rec = {
+            .snapshot_id = id,
+            .path = rel,
+            .format = "tarfs",
+            .source = "blob",
+            .source_digest = source_digest && source_digest[0] ? source_digest : diff,
+            .result = res,
+            .root_hex = root_hex,
+        };
+        rc = store_layer_insert(s, &rec, err);
+        if (rc < 0)
+            vs_error_prefix(err, "tarfs conversion of snapshot '%s'", key);
+    }
+    if (rc == 0)
+        rc = store_exec(s, "COMMIT", "committing", err);
+    if (rc != 0) {
+        if (in_tx)
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        if (renamed)
+            unlink(final);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (rc == 0)
+        vs_log(VS_LOG_INFO, "tarfs layer built", "key", key, "path", final, "root_hash", root_hex, NULL);
+    return rc > 0 ? 0 : rc;
+}
+
 int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob_fd,
                                 const char *source_digest, const char *expected_diff_id, struct vs_error *err)
 {
     if (!key || !key[0])
         return vs_fail(err, -EINVAL, "tarfs conversion: the snapshot key is empty");
-    char h[65], rel[80];
-    snapshot_tardev_layer_name(key, h);
-    snprintf(rel, sizeof(rel), "layers/%s", h);
+    char rel[80];
+    tarfs_rel_path(key, rel);
     int64_t id = 0;
     bool have = false;
     pthread_mutex_lock(&s->lock);
@@ -457,9 +528,8 @@ int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob
     if (rc < 0 || have)
         return rc < 0 ? vs_error_prefix(err, "tarfs conversion") : 0;
 
-    char tmpdir[PATH_MAX], tmpfile[PATH_MAX + 16] = "", final[PATH_MAX + 96];
+    char tmpdir[PATH_MAX], tmpfile[PATH_MAX + 16] = "";
     snprintf(tmpdir, sizeof(tmpdir), "%s/tmp/tarfs-%lld-XXXXXX", s->root, (long long)id);
-    snprintf(final, sizeof(final), "%s/%s", s->root, rel);
     struct layer_file_options opts = s->layer;
     opts.tarfs.format = TARFS_FORMAT_TARFS;
     opts.verity = true;
@@ -476,64 +546,12 @@ int snapshotter_layer_add_tarfs(struct snapshotter *s, const char *key, int blob
         if (rc < 0)
             vs_error_prefix(err, "tarfs conversion of snapshot '%s'", key);
     }
-    char diff[80], root_hex[2 * VERITY_MAX_DIGEST + 1] = "";
-    vs_hex_encode(res.image.diff_id, VS_SHA256_LEN, diff + 7);
-    memcpy(diff, "sha256:", 7);
-    if (rc == 0 && expected_diff_id && strcmp(expected_diff_id, diff) != 0)
-        rc =
-            vs_fail(err, -EBADMSG, "tarfs conversion of snapshot '%s': the blob's diff ID is %s, expected %s",
-                    key, diff, expected_diff_id);
     if (rc == 0)
-        vs_hex_encode(res.layout.root_hash, res.layout.digest_size, root_hex);
-
+        rc = snapshotter_layer_install_tarfs(s, key, tmpfile, &res, source_digest, expected_diff_id, err);
     pthread_mutex_lock(&s->lock);
     s->commits_in_flight--;
-    bool in_tx = false, renamed = false;
-    if (rc == 0)
-        rc = store_exec(s, "BEGIN IMMEDIATE", "starting a transaction", err);
-    in_tx = rc == 0;
-    int64_t again = 0;
-    if (rc == 0)
-        rc = tarfs_row_state(s, key, rel, &again, &have, err);
-    if (rc == 0 && (again != id || have))
-        rc = have ? 1
-                  : vs_fail(err, -ENOENT, "tarfs conversion of snapshot '%s': it was removed meanwhile", key);
-    if (rc == 0) {
-        if (rename(tmpfile, final) < 0) {
-            rc = vs_fail(err, -errno, "tarfs conversion of snapshot '%s': renaming to '%s': %s", key, final,
-                         strerror(errno));
-        } else {
-            renamed = true;
-            if ((rc = snap_sync_layers_dir(s, err)) < 0)
-                vs_error_prefix(err, "tarfs conversion of snapshot '%s'", key);
-        }
-    }
-    if (rc == 0) {
-        struct layer_record rec = {
-            .snapshot_id = id,
-            .path = rel,
-            .format = "tarfs",
-            .source = "blob",
-            .source_digest = source_digest && source_digest[0] ? source_digest : diff,
-            .result = &res,
-            .root_hex = root_hex,
-        };
-        rc = store_layer_insert(s, &rec, err);
-        if (rc < 0)
-            vs_error_prefix(err, "tarfs conversion of snapshot '%s'", key);
-    }
-    if (rc == 0)
-        rc = store_exec(s, "COMMIT", "committing", err);
-    if (rc != 0) {
-        if (in_tx)
-            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-        if (renamed)
-            unlink(final);
-    }
     pthread_mutex_unlock(&s->lock);
     if (tmpdir[0])
         snap_remove_tree(tmpdir, NULL);
-    if (rc == 0)
-        vs_log(VS_LOG_INFO, "tarfs layer built", "key", key, "path", final, "root_hash", root_hex, NULL);
-    return rc > 0 ? 0 : rc;
+    return rc;
 }

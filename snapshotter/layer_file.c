@@ -3,16 +3,19 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* The sink between the image writer and the file: writes the bytes and hashes whole data blocks as they pass, so
- * the tree is ready when the image is (blocks may come in any order; a sequential stream may split blocks). */
+/* The sink between the image writer and the file: writes the bytes and hashes whole data blocks as they pass,
+ * so the tree is ready when the image is (blocks may come in any order; a sequential stream may split
+ * blocks). */
 /* Writeback is started every this many bytes so that the final fsync finds little left to do: the disk works
- * while the converter computes (measured: the fsync of a 200 MB layer otherwise adds ~40% to the wall time). */
+ * while the converter computes (measured: the fsync of a 200 MB layer otherwise adds ~40% to the wall time).
+ */
 #define WRITEBACK_CHUNK (8u << 20)
 
 struct layer_sink {
@@ -33,8 +36,8 @@ static int write_all(int fd, const void *data, size_t len, uint64_t offset, stru
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            return vs_fail(err, -errno, "writing the layer file at offset %llu: %s", (unsigned long long)offset,
-                           strerror(errno));
+            return vs_fail(err, -errno, "writing the layer file at offset %llu: %s",
+                           (unsigned long long)offset, strerror(errno));
         p += n;
         len -= (size_t)n;
         offset += (uint64_t)n;
@@ -51,7 +54,8 @@ static int sink_write(void *ctx, uint64_t offset, const void *data, size_t len, 
             return rc;
         s->written_since_flush += len;
         if (s->written_since_flush >= WRITEBACK_CHUNK) {
-            /* Start writeback of everything dirty so far without waiting for it (a hint: errors surface at fsync). */
+            /* Start writeback of everything dirty so far without waiting for it (a hint: errors surface at
+             * fsync). */
             sync_file_range(s->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
             s->written_since_flush = 0;
         }
@@ -130,7 +134,8 @@ static int temp_open(const char *out_path, struct temp_file *t, struct vs_error 
         snprintf(t->path, len, "%s/.%s.XXXXXX", dir, base);
         t->fd = mkostemp(t->path, O_CLOEXEC);
         if (t->fd < 0)
-            rc = vs_fail(err, -errno, "creating a temporary file next to '%s': %s", out_path, strerror(errno));
+            rc =
+                vs_fail(err, -errno, "creating a temporary file next to '%s': %s", out_path, strerror(errno));
     }
     if (rc < 0) {
         free(t->path);
@@ -163,75 +168,139 @@ static int tree_write(void *ctx, uint64_t offset, const void *data, size_t len, 
     return s->fd >= 0 ? write_all(s->fd, data, len, offset, err) : 0;
 }
 
+/* One layer file being made: its temporary file, the sink hashing its data blocks, its verity parameters. */
+struct layer_out {
+    const char *out_path; /* NULL: hash only */
+    struct temp_file tmp;
+    struct layer_sink sink;
+    struct verity_params params;
+    bool verity, tarfs, sidecar;
+    bool renamed;
+};
+
+static int out_open(struct layer_out *o, const char *out_path, const struct layer_file_options *opts,
+                    enum tarfs_format format, struct vs_error *err)
+{
+    memset(o, 0, sizeof(*o));
+    o->out_path = out_path;
+    o->tmp.fd = -1;
+    o->sink.fd = -1;
+    o->params = opts->params;
+    o->tarfs = format == TARFS_FORMAT_TARFS;
+    o->verity = opts->verity || o->tarfs;
+    o->sidecar = opts->sidecar;
+    if (o->tarfs)
+        tardev_params(&o->params);
+    o->sink.dbs = o->params.data_block_size;
+    int rc = 0;
+    if (o->verity)
+        rc = verity_params_check(&o->params, err);
+    if (rc == 0 && out_path)
+        rc = temp_open(out_path, &o->tmp, err);
+    o->sink.fd = o->tmp.fd;
+    if (rc == 0 && o->verity) {
+        o->sink.builder = verity_builder_new(&o->params, err);
+        o->sink.carry = malloc(o->sink.dbs);
+        if (!o->sink.builder || !o->sink.carry)
+            rc = err && err->code ? err->code : vs_fail(err, -ENOMEM, "out of memory");
+    }
+    return rc;
+}
+
+/* After the image: the tree (and tardev's trailer), then fsync, rename into place, the sidecar. */
+static int out_finish(struct layer_out *o, struct layer_file_result *result, struct vs_error *err)
+{
+    struct layer_sink *s = &o->sink;
+    result->file_size = result->image.image_size;
+    int rc = 0;
+    if (s->carry_len)
+        rc = vs_fail(err, -EINVAL, "internal: the image does not end on a data block boundary");
+    if (rc == 0 && o->verity) {
+        uint64_t data_blocks = result->image.image_size / o->params.data_block_size;
+        rc = verity_builder_finish(s->builder, data_blocks, result->image.image_size, tree_write, s,
+                                   &result->layout, err);
+        result->verity = rc == 0;
+        result->file_size = result->layout.file_size;
+    }
+    if (rc == 0 && o->tarfs) {
+        uint8_t trailer[VERITY_TARDEV_TRAILER_SIZE];
+        verity_tardev_trailer(&result->layout, trailer);
+        if (s->fd >= 0)
+            rc = write_all(s->fd, trailer, sizeof(trailer), result->file_size, err);
+        result->file_size += sizeof(trailer);
+    }
+    if (rc == 0 && s->fd >= 0) {
+        if (ftruncate(s->fd, (off_t)result->file_size) < 0 || fchmod(s->fd, 0644) < 0 || fsync(s->fd) < 0)
+            rc = vs_fail(err, -errno, "finishing '%s': %s", o->tmp.path, strerror(errno));
+        if (rc == 0 && rename(o->tmp.path, o->out_path) < 0)
+            rc = vs_fail(err, -errno, "renaming the layer file to '%s': %s", o->out_path, strerror(errno));
+        else if (rc == 0) {
+            o->renamed = true;
+            rc = fsync_parent(o->out_path, err);
+            if (rc == 0 && o->verity && o->sidecar)
+                rc = verity_sidecar_write(o->out_path, &result->layout, err);
+        }
+    }
+    return rc;
+}
+
+/* Frees what out_open made; on failure removes the file, also when it was renamed into place already. */
+static void out_close(struct layer_out *o, int rc)
+{
+    if (o->sink.fd >= 0) {
+        close(o->sink.fd);
+        if (rc < 0)
+            unlink(o->renamed ? o->out_path : o->tmp.path);
+        if (rc < 0 && o->renamed && o->verity && o->sidecar) {
+            char side[PATH_MAX];
+            snprintf(side, sizeof(side), "%s.dmverity", o->out_path);
+            unlink(side);
+        }
+    }
+    free(o->tmp.path);
+    free(o->sink.carry);
+    verity_builder_free(o->sink.builder);
+}
+
 static int build(int in_fd, const char *dir, const char *out_path, const struct layer_file_options *opts,
                  struct layer_file_result *result, struct vs_error *err)
 {
     memset(result, 0, sizeof(*result));
-    struct verity_params params = opts->params;
-    bool tarfs = opts->tarfs.format == TARFS_FORMAT_TARFS;
-    bool verity = opts->verity || tarfs;
-    if (tarfs)
-        tardev_params(&params);
-    if (verity) {
-        int rc = verity_params_check(&params, err);
-        if (rc < 0)
-            return rc;
-    }
-    struct temp_file tmp = {NULL, -1};
-    struct layer_sink s = {.fd = -1, .dbs = params.data_block_size};
-    int rc = 0;
-    if (out_path)
-        rc = temp_open(out_path, &tmp, err);
-    s.fd = tmp.fd;
-    if (rc == 0 && verity) {
-        s.builder = verity_builder_new(&params, err);
-
-        s.carry = malloc(s.dbs);
-        if (!s.builder || !s.carry)
-            rc = err && err->code ? err->code : vs_fail(err, -ENOMEM, "out of memory");
-    }
-    struct tarfs_sink sink = {sink_write, &s};
+    struct layer_out o;
+    int rc = out_open(&o, out_path, opts, opts->tarfs.format, err);
+    struct tarfs_sink sink = {sink_write, &o.sink};
     if (rc == 0)
         rc = dir ? tarfs_convert_dir(dir, &opts->tarfs, &sink, &result->image, err)
                  : tarfs_convert_fd(in_fd, &opts->tarfs, &sink, &result->image, err);
-    result->file_size = result->image.image_size;
-    if (rc == 0 && s.carry_len)
-        rc = vs_fail(err, -EINVAL, "internal: the image does not end on a data block boundary");
-    if (rc == 0 && verity) {
-        uint64_t data_blocks = result->image.image_size / params.data_block_size;
-        rc = verity_builder_finish(s.builder, data_blocks, result->image.image_size,
-                                   tree_write, &s, &result->layout, err);
-        result->verity = rc == 0;
-        result->file_size = result->layout.file_size;
-    }
-    if (rc == 0 && tarfs) {
-        uint8_t trailer[VERITY_TARDEV_TRAILER_SIZE];
-        verity_tardev_trailer(&result->layout, trailer);
-        if (s.fd >= 0)
-            rc = write_all(s.fd, trailer, sizeof(trailer), result->file_size, err);
-        result->file_size += sizeof(trailer);
-    }
-    if (rc == 0 && s.fd >= 0) {
-        if (ftruncate(s.fd, (off_t)result->file_size) < 0 || fchmod(s.fd, 0644) < 0 || fsync(s.fd) < 0)
-            rc = vs_fail(err, -errno, "finishing '%s': %s", tmp.path, strerror(errno));
-        if (rc == 0 && rename(tmp.path, out_path) < 0)
-            rc = vs_fail(err, -errno, "renaming the layer file to '%s': %s", out_path, strerror(errno));
-        else if (rc == 0) {
-            rc = fsync_parent(out_path, err);
-            if (rc == 0 && verity && opts->sidecar)
-                rc = verity_sidecar_write(out_path, &result->layout, err);
-            if (rc < 0)
-                unlink(out_path); /* ours: renamed a moment ago */
-        }
-    }
-    if (s.fd >= 0) {
-        close(s.fd);
-        if (rc < 0)
-            unlink(tmp.path);
-    }
-    free(tmp.path);
-    free(s.carry);
-    verity_builder_free(s.builder);
+    if (rc == 0)
+        rc = out_finish(&o, result, err);
+    out_close(&o, rc);
+    return rc;
+}
+
+int layer_file_build_fd_both(int in_fd, const char *erofs_path, const char *tarfs_path,
+                             const struct layer_file_options *opts, struct layer_file_result *erofs_result,
+                             struct layer_file_result *tarfs_result, struct vs_error *err)
+{
+    memset(erofs_result, 0, sizeof(*erofs_result));
+    memset(tarfs_result, 0, sizeof(*tarfs_result));
+    struct layer_file_options tarfs_opts = *opts;
+    tarfs_opts.sidecar = false; /* the tarfs form carries tardev's trailer instead */
+    struct layer_out e, t;
+    int rc = out_open(&e, erofs_path, opts, TARFS_FORMAT_EROFS, err);
+    int trc = out_open(&t, tarfs_path, &tarfs_opts, TARFS_FORMAT_TARFS, err);
+    if (rc == 0)
+        rc = trc;
+    struct tarfs_sink esink = {sink_write, &e.sink}, tsink = {sink_write, &t.sink};
+    if (rc == 0)
+        rc = tarfs_convert_fd_both(in_fd, &opts->tarfs, &esink, &tsink, &erofs_result->image,
+                                   &tarfs_result->image, err);
+    if (rc == 0)
+        rc = out_finish(&e, erofs_result, err);
+    if (rc == 0)
+        rc = out_finish(&t, tarfs_result, err);
+    out_close(&e, rc);
+    out_close(&t, rc);
     return rc;
 }
 

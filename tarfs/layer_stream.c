@@ -28,7 +28,7 @@ struct layer_stream {
     uint64_t in_offset;  /* compressed bytes consumed before in[0] */
     uint64_t out_offset; /* uncompressed bytes produced */
     bool done;
-    bool member_done;    /* gzip member / zstd frame complete */
+    bool member_done; /* gzip member / zstd frame complete */
     struct inflate_state *gz;
     ZSTD_DCtx *zstd;
     struct vs_sha256 *sha;
@@ -44,6 +44,8 @@ struct layer_stream {
     struct vs_error producer_err;
     const void *pending; /* layer_stream_read's view into the held chunk */
     size_t pending_len;
+    layer_stream_tap_fn tap;
+    void *tap_ctx;
 };
 
 static void *producer_run(void *arg);
@@ -96,8 +98,8 @@ void layer_stream_free(struct layer_stream *s)
     free(s);
 }
 
-struct layer_stream *layer_stream_new(tarfs_read_fn read_fn, void *read_ctx, enum tarfs_compression compression,
-                                      struct vs_error *err)
+struct layer_stream *layer_stream_new(tarfs_read_fn read_fn, void *read_ctx,
+                                      enum tarfs_compression compression, struct vs_error *err)
 {
     struct layer_stream *s = calloc(1, sizeof(*s));
     if (!s || !(s->in = malloc(IN_CAP)) || !(s->sha = vs_sha256_new())) {
@@ -179,7 +181,8 @@ static int next_member(struct layer_stream *s, const uint8_t *magic, size_t magi
             return rc;
     }
     if (s->in_len - s->in_pos < magic_len || memcmp(s->in + s->in_pos, magic, magic_len) != 0)
-        return vs_fail(err, -EBADMSG, "unexpected bytes after the compressed stream at compressed offset %llu",
+        return vs_fail(err, -EBADMSG,
+                       "unexpected bytes after the compressed stream at compressed offset %llu",
                        (unsigned long long)(s->in_offset + s->in_pos));
     s->member_done = false;
     if (s->gz) {
@@ -192,13 +195,20 @@ static int next_member(struct layer_stream *s, const uint8_t *magic, size_t magi
 static const char *isal_reason(int rc)
 {
     switch (rc) {
-    case ISAL_INVALID_BLOCK: return "invalid deflate block";
-    case ISAL_INVALID_SYMBOL: return "invalid deflate symbol";
-    case ISAL_INVALID_LOOKBACK: return "invalid deflate distance";
-    case ISAL_INVALID_WRAPPER: return "invalid gzip header";
-    case ISAL_UNSUPPORTED_METHOD: return "unsupported gzip method";
-    case ISAL_INCORRECT_CHECKSUM: return "gzip trailer mismatch (CRC-32 or length)";
-    default: return "corrupt gzip data";
+    case ISAL_INVALID_BLOCK:
+        return "invalid deflate block";
+    case ISAL_INVALID_SYMBOL:
+        return "invalid deflate symbol";
+    case ISAL_INVALID_LOOKBACK:
+        return "invalid deflate distance";
+    case ISAL_INVALID_WRAPPER:
+        return "invalid gzip header";
+    case ISAL_UNSUPPORTED_METHOD:
+        return "unsupported gzip method";
+    case ISAL_INCORRECT_CHECKSUM:
+        return "gzip trailer mismatch (CRC-32 or length)";
+    default:
+        return "corrupt gzip data";
     }
 }
 
@@ -370,7 +380,18 @@ long layer_stream_next(struct layer_stream *s, const void **data, struct vs_erro
      * producer's whole job (measured: inflate + hash on one side left the other idle a third of the time). */
     if (hash_now)
         vs_sha256_update(s->sha, hash_now->data, hash_now->len);
+    if (hash_now && s->tap) {
+        int rc = s->tap(s->tap_ctx, hash_now->data, hash_now->len, err);
+        if (rc < 0)
+            return rc;
+    }
     return n;
+}
+
+void layer_stream_set_tap(struct layer_stream *s, layer_stream_tap_fn tap, void *ctx)
+{
+    s->tap = tap;
+    s->tap_ctx = ctx;
 }
 
 long layer_stream_read(struct layer_stream *s, void *buf, size_t cap, struct vs_error *err)

@@ -21,6 +21,11 @@ long layer_stream_read(struct layer_stream *s, void *buf, size_t cap, struct vs_
 /* Reads to the end, so the diff ID covers every byte (tar readers stop at the end-of-archive marker). */
 int layer_stream_drain(struct layer_stream *s, struct vs_error *err);
 
+/* Also hands every chunk the reader takes, in order, to tap (on the reader's thread): a second consumer of the same
+ * bytes (the tarfs form built beside the EROFS image). A tap error ends the stream with that error. */
+typedef int (*layer_stream_tap_fn)(void *ctx, const void *data, size_t len, struct vs_error *err);
+void layer_stream_set_tap(struct layer_stream *s, layer_stream_tap_fn tap, void *ctx);
+
 /* Uncompressed bytes produced so far. */
 uint64_t layer_stream_offset(const struct layer_stream *s);
 

@@ -71,6 +71,17 @@ int tarfs_convert_stream(tarfs_read_fn read_fn, void *read_ctx, const struct tar
 int tarfs_convert_fd(int fd, const struct tarfs_options *opts, const struct tarfs_sink *sink,
                      struct tarfs_result *result, struct vs_error *err);
 
+/* Converts one layer into both forms at once, reading and decompressing it once: the EROFS image to erofs_sink
+ * and the tarfs form (the tar + tardev's index) to tarfs_sink, each as the single-format calls would write it.
+ * opts->format is not used. */
+int tarfs_convert_stream_both(tarfs_read_fn read_fn, void *read_ctx, const struct tarfs_options *opts,
+                              const struct tarfs_sink *erofs_sink, const struct tarfs_sink *tarfs_sink,
+                              struct tarfs_result *erofs_result, struct tarfs_result *tarfs_result,
+                              struct vs_error *err);
+int tarfs_convert_fd_both(int fd, const struct tarfs_options *opts, const struct tarfs_sink *erofs_sink,
+                          const struct tarfs_sink *tarfs_sink, struct tarfs_result *erofs_result,
+                          struct tarfs_result *tarfs_result, struct vs_error *err);
+
 /* Converts a directory tree (an active snapshot's upper dir) into an EROFS image. Overlay whiteouts (0/0 char
  * devices) and trusted.overlay.opaque are kept; other trusted.overlay.* xattrs are dropped. */
 int tarfs_convert_dir(const char *path, const struct tarfs_options *opts, const struct tarfs_sink *sink,
