@@ -4,9 +4,10 @@
 Usage (as root): test_blobpath.py --veritysnapd PATH --veritysnap PATH [--commit-client PATH] [--big-mib N]
                                   [--keep DIR] [--workdir DIR]
 
-Reuses tests/e2e (make_image.py for the images, test_e2e.py's process and manifest helpers). Images come from OCI
-archives (`veritysnap pull --oci-archive`), and in step 8 from Debian's docker-registry. The daemon serves two sockets
-(dialects host and kata-tardev, plugins veritysnap and veritysnap-tardev).
+Reuses tests/e2e (make_image.py for the images, test_e2e.py's manifest helpers) and tests/lib/vstest.py (processes,
+containerd). Images come from OCI archives (`veritysnap pull --oci-archive`), and in step 8 from Debian's
+docker-registry. The daemon serves two sockets (dialects host and kata-tardev, plugins veritysnap and
+veritysnap-tardev).
   1. image A (4 layers: gzip with a --big-mib file, plain tar, zstd, gzip) and image B (A's first 3 layers, its own
      config), their blobs imported first (ctr import --no-unpack): both pulled at once into namespace ns1: every
      layer converted from its blob (the daemon's "layer converted" lines all say source=blob, directory_conversions
@@ -53,9 +54,9 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import test_e2e as e2e  # noqa: E402
-
-Fail, run, log, skip, Proc, wait_for = e2e.Fail, e2e.run, e2e.log, e2e.skip, e2e.Proc, e2e.wait_for
+from vstest import Fail, Proc, log, mounts_under, run, skip, start_containerd, wait_for  # noqa: E402
 PLUGIN = "veritysnap"
 TARDEV = "veritysnap-tardev"
 TARDEV_PREFIX = "/var/lib/containerd/io.containerd.snapshotter.v1.tardev/layers"
@@ -146,12 +147,8 @@ class BlobPath:
                            os.path.join(self.tmp, "veritysnapd.log"))
         for s in (self.vs_sock, self.tardev_sock):
             wait_for(lambda s=s: os.path.exists(s), "the daemon's socket " + s, self.daemon)
-        shim = type("S", (), {})()
-        shim.tmp, shim.sock, shim.builtin, shim.vs_sock = self.tmp, self.sock, None, self.vs_sock
-        shim.extra_config = '\n[proxy_plugins.%s]\n  type = "snapshot"\n  address = "%s"\n' % (TARDEV, self.tardev_sock)
-        shim.ctr = lambda *a, **kw: run(["ctr", "-a", self.sock] + list(a), **kw)
-        e2e.E2E.start_containerd(shim)
-        self.containerd = shim.containerd
+        self.containerd = start_containerd(self.tmp, self.sock, [(PLUGIN, self.vs_sock), (TARDEV, self.tardev_sock)],
+                                           debug=True)
 
     def daemon_log(self):
         with open(os.path.join(self.tmp, "veritysnapd.log"), errors="replace") as f:
@@ -328,6 +325,7 @@ class BlobPath:
         eman = json.loads(e_files["blobs/sha256/" + json.loads(e_files["index.json"])["manifests"][0]["digest"][7:]])
         e = {"name": einfo["name"], "layers": [l["digest"] for l in eman["layers"]], "chain_ids": einfo["chain_ids"]}
         before = len(self.conversions())
+        reads_before = int(self.conversions()[-1]["blob_reads"])
         for img, tar, files in ((a, a_tar, a_files), (e, e_tar, e_files)):
             p = self.pull("ns5", tar, img["name"], snapshotter=TARDEV)
             log("pull %s through %s: %s" % (img["name"], TARDEV, p.stdout.strip()))
@@ -379,7 +377,15 @@ class BlobPath:
         tarfs_n = sum(1 for c in conv if c.get("format") == "tarfs")
         self.check(tarfs_n == len(a["layers"]) + len(e["layers"]), "%d tarfs conversions, expected %d"
                    % (tarfs_n, len(a["layers"]) + len(e["layers"])))
-        log("kata-tardev: %d tarfs forms from blobs, mounts and files equal the offline tool's" % tarfs_n)
+        # One read of each blob: layers new to the store get both forms from the same read, layers the host socket
+        # converted already are read once more for their tarfs form.
+        erofs_n = sum(1 for c in conv if c.get("format") == "erofs")
+        reads = int(conv[-1]["blob_reads"]) - reads_before if conv else 0
+        self.check(erofs_n > 0, "no layer new to the store in the kata-tardev pulls: the one-read check is vacuous")
+        self.check(reads == tarfs_n, "%d blob reads for %d tarfs and %d erofs conversions (one read each expected)"
+                   % (reads, tarfs_n, erofs_n))
+        log("kata-tardev: %d tarfs forms from blobs (%d alongside a new erofs form) in %d blob reads; mounts and files "
+            "equal the offline tool's" % (tarfs_n, erofs_n, reads))
 
     def commit_from_blob(self, db):
         if not self.args.commit_client:
@@ -476,7 +482,7 @@ class BlobPath:
         for p in (self.containerd, self.daemon):
             if p:
                 p.stop()
-        for mp in sorted(e2e.mounts_under(self.tmp), reverse=True):
+        for mp in sorted(mounts_under(self.tmp), reverse=True):
             run(["umount", "-l", mp], check=False)
 
 

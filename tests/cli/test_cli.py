@@ -14,21 +14,14 @@ import stat
 import subprocess
 import sys
 import tarfile
-import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from vstest import SKIP, run_args as run, run_tests  # noqa: E402
 
 VS = sys.argv[1]
 ONLY = set(sys.argv[2:])
-SKIP = 77
 VECTORS = os.environ.get("VERITYSNAP_TARDEV_VECTORS") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "vectors", "tardev")
-failures = []
-
-
-def run(*args, check=True, input=None):
-    p = subprocess.run(list(args), capture_output=True, input=input)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{args} exited {p.returncode}: {p.stderr.decode(errors='replace')}")
-    return p
 
 
 def convert(src, out, *flags):
@@ -344,27 +337,7 @@ TESTS = [test_help_version, test_determinism_and_compression, test_veritysetup_a
 
 
 def main():
-    skipped = 0
-    for t in TESTS:
-        if ONLY and t.__name__ not in ONLY:
-            continue
-        tmp = tempfile.mkdtemp(prefix="vs-cli-")
-        try:
-            r = t(tmp)
-            if r == SKIP:
-                skipped += 1
-                print(f"SKIP {t.__name__}")
-            else:
-                print(f"ok   {t.__name__}")
-        except AssertionError as e:
-            failures.append(t.__name__)
-            print(f"FAIL {t.__name__}: {e}")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if failures:
-        sys.exit(1)
-    if skipped and ONLY and skipped == len(ONLY):
-        sys.exit(SKIP)
+    run_tests(TESTS, ONLY, prefix="vs-cli-")
 
 
 main()

@@ -21,28 +21,7 @@
 #include "common/vs_digest.h"
 #include "common/vs_error.h"
 #include "snapshotter/snapshotter.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                  \
-            fprintf(stderr, __VA_ARGS__);                                                                    \
-            fprintf(stderr, "\n");                                                                           \
-            failures++;                                                                                      \
-        }                                                                                                    \
-    } while (0)
-
-static bool str_eq(const char *a, const char *b)
-{
-    return a && strcmp(a, b) == 0;
-}
-static const char *show(const char *a)
-{
-    return a ? a : "(null)";
-}
-#define STREQ(a, b) CHECK(str_eq((a), (b)), "got '%s', want '%s'", show(a), (b))
+#include "tests/lib/vs_test.h"
 
 static const struct snapshot_call host = {
     .namespace_name = "t", .rpc = "t", .dialect = SNAPSHOT_DIALECT_HOST};
@@ -62,34 +41,6 @@ static const struct snapshot_call ktardev = {
 #define H2 "8298e88dce61b333d6c06d20df1b566301d66df06501e26e74683cb580503242"
 
 static char root[200], work[160];
-
-static bool has_fs(const char *name)
-{
-    FILE *f = fopen("/proc/filesystems", "r");
-    char line[128];
-    bool found = false;
-    while (f && fgets(line, sizeof(line), f)) {
-        char *t = strrchr(line, '\t');
-        t = t ? t + 1 : line;
-        t[strcspn(t, "\n")] = '\0';
-        found = found || strcmp(t, name) == 0;
-    }
-    if (f)
-        fclose(f);
-    return found;
-}
-
-static void write_file(const char *dir, const char *name, const char *text)
-{
-    char path[600];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL, "creating %s: %s", path, strerror(errno));
-    if (f) {
-        fputs(text, f);
-        fclose(f);
-    }
-}
 
 static const char *opt_value(const struct snapshot_mount *m, const char *prefix)
 {
@@ -129,7 +80,7 @@ static void make_layer(struct snapshotter *s, const struct snapshot_call *call, 
     }
     CHECK(upper != NULL, "no upper dir in the mounts of %s", key);
     if (upper)
-        write_file(upper, file, text);
+        vs_test_write_file(upper, file, text);
     rc = snapshotter_commit(s, call, name, key, NULL, 0, &err);
     CHECK(rc == 0, "commit %s: %s", name, err.message);
     snapshot_mounts_free(&ms);
@@ -259,7 +210,7 @@ static void make_tar(const char *name, const char *file, const char *text)
     char dir[400], cmd[1200];
     snprintf(dir, sizeof(dir), "%s/%s.d", work, name);
     mkdir(dir, 0755);
-    write_file(dir, file, text);
+    vs_test_write_file(dir, file, text);
     snprintf(cmd, sizeof(cmd), "tar --format=ustar --owner=0 --group=0 --mtime=@0 -cf '%s/%s' -C '%s' .",
              work, name, dir);
     CHECK(system(cmd) == 0, "%s", cmd);
@@ -610,13 +561,14 @@ static void test_blob_tardev(void)
     for (int i = 0; i < 3; i++)
         snprintf(pkey[i], sizeof(pkey[i]), "t/%d/extract-%d %s", 2 * i + 1, i, chain[i]);
 
-    /* 1. Layer 1 by the blob path on the kata-tardev socket: erofs and tarfs from the blob, ALREADY_EXISTS.
-     */
+    /* 1. Layer 1 by the blob path on the kata-tardev socket: erofs and tarfs from one read of the blob,
+     * ALREADY_EXISTS. */
     struct snapshot_label l1[2] = {{SNAPSHOT_LABEL_REF, chain[0]}, {SNAPSHOT_LABEL_LAYER_DIGEST, d[0]}};
     rc = snapshotter_prepare(s, &ktardev, pkey[0], "", l1, 2, &ms, &err);
     CHECK(rc == -EEXIST, "blob-path prepare of layer 1 on kata-tardev: %d %s", rc, err.message);
     check_tarfs_file(broot, chain[0], tars[0]);
-    CHECK(content_opens[0] == 2, "layer 1's blob read %d times, want 2 (erofs, tarfs)", content_opens[0]);
+    CHECK(content_opens[0] == 1, "layer 1's blob read %d times, want 1 (erofs and tarfs at once)",
+          content_opens[0]);
 
     /* 2. Layers 2 and 3 by the blob path on the host socket: erofs only. */
     for (int i = 1; i < 3; i++) {
@@ -648,10 +600,11 @@ static void test_blob_tardev(void)
         check_tarfs_file(broot, chain[1], tars[1]);
     }
     snapshot_mounts_free(&ms);
+    /* Layer 2 came by the host socket (erofs only): its tarfs form took a second read. */
     CHECK(content_opens[1] == 2, "layer 2's blob read %d times, want 2", content_opens[1]);
     /* Mounts of it again: nothing rebuilt. */
     rc = snapshotter_mounts(s, &ktardev, "t/10/ctr", &ms, &err);
-    CHECK(rc == 0 && content_opens[0] == 2 && content_opens[1] == 2, "Mounts again: %d %s", rc, err.message);
+    CHECK(rc == 0 && content_opens[0] == 1 && content_opens[1] == 2, "Mounts again: %d %s", rc, err.message);
     snapshot_mounts_free(&ms);
 
     /* 4. Layer 3's blob is gone: a kata-tardev container snapshot over it is refused (FAILED_PRECONDITION).
@@ -692,7 +645,7 @@ int main(void)
         return 1;
     }
     snprintf(root, sizeof(root), "%s/root", work);
-    bool host_mounts = geteuid() == 0 && has_fs("overlay") && has_fs("erofs");
+    bool host_mounts = geteuid() == 0 && vs_test_has_fs("overlay") && vs_test_has_fs("erofs");
     if (!host_mounts)
         fprintf(stderr,
                 "note: not root or no overlay/erofs: the extract-key host mount checks are skipped\n");

@@ -22,8 +22,8 @@ import tempfile
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
-from test_e2e import Fail, Proc, mounts_under, run, skip, wait_for, log  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+from vstest import Fail, Proc, log, mounts_under, run, skip, start_containerd, wait_for  # noqa: E402
 
 NS = "vsdialect"
 IMAGE = "docker.io/library/veritysnap-dialect:1"
@@ -71,29 +71,7 @@ def main():
         for s in socks.values():
             wait_for(lambda s=s: os.path.exists(s) and stat.S_ISSOCK(os.stat(s).st_mode), "socket " + s, daemon)
 
-        ccfg = os.path.join(tmp, "containerd.toml")
-        text = """version = 2
-root = "{tmp}/root"
-state = "{tmp}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  level = "debug"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{tmp}/opt"
-""".format(tmp=tmp, sock=sock)
-        for d, key in keys.items():
-            text += '\n[proxy_plugins.%s]\n  type = "snapshot"\n  address = "%s"\n' % (key, socks[d])
-        with open(ccfg, "w") as f:
-            f.write(text)
-        containerd = Proc("containerd", ["containerd", "--config", ccfg], os.path.join(tmp, "containerd.log"))
-        wait_for(lambda: os.path.exists(sock) and ctr("version", check=False).returncode == 0, "containerd",
-                 containerd)
+        containerd = start_containerd(tmp, sock, [(key, socks[d]) for d, key in keys.items()], debug=True)
 
         image_tar = os.path.join(tmp, "image.tar")
         run([sys.executable, os.path.join(HERE, "..", "e2e", "make_image.py"), image_tar, IMAGE,

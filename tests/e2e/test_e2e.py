@@ -39,42 +39,13 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+from vstest import Fail, Proc, log, mounts_under, run, skip, start_containerd, wait_for  # noqa: E402,F401
+
 NS = "vse2e"
 IMAGE = "docker.io/library/veritysnap-e2e:1"
 PLUGIN = "veritysnap"
-SKIP = 77
 MOUNTPOINTS = ("/proc", "/sys", "/dev", "/run")  # the runtime mounts over these: compared by presence only
-
-
-class Fail(Exception):
-    pass
-
-
-def log(*a):
-    print("[e2e %s]" % time.strftime("%H:%M:%S"), *a, flush=True)
-
-
-def skip(msg):
-    print("SKIP: " + msg, flush=True)
-    sys.exit(SKIP)
-
-
-def run(cmd, check=True, timeout=300, **kw):
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout, **kw)
-    if check and p.returncode != 0:
-        raise Fail("command failed (exit %d): %s\n--- stdout\n%s\n--- stderr\n%s"
-                   % (p.returncode, " ".join(cmd), p.stdout[-4000:], p.stderr[-4000:]))
-    return p
-
-
-def mounts_under(d):
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].replace("\\040", " ")
-            if mp == d or mp.startswith(d + "/"):
-                out.append(mp)
-    return out
 
 
 def loops_under(d):
@@ -102,51 +73,6 @@ def processes_mentioning(s):
         except OSError:
             pass
     return pids
-
-
-class Proc:
-    """A long-running process we started, with its log file."""
-
-    def __init__(self, name, cmd, logpath):
-        self.name, self.cmd, self.logpath = name, cmd, logpath
-        self.logf = open(logpath, "ab")
-        self.p = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def stop(self, timeout=30):
-        """SIGTERM; returns the exit status (None if it had to be killed)."""
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-                self.logf.close()
-                return None
-        self.logf.close()
-        return self.p.returncode
-
-    def tail(self, n=30):
-        try:
-            with open(self.logpath, errors="replace") as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return ""
-
-
-def wait_for(pred, what, proc=None, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        if proc is not None and not proc.alive():
-            raise Fail("%s exited (status %s) while waiting for %s:\n%s" % (proc.name, proc.p.returncode, what,
-                                                                          proc.tail()))
-        time.sleep(0.1)
-    raise Fail("timed out waiting for " + what + (":\n" + proc.tail() if proc else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -382,47 +308,8 @@ class E2E:
                  "containerd to reach the restarted daemon", self.daemon)
 
     def start_containerd(self):
-        cfg = os.path.join(self.tmp, "containerd.toml")
-        root, state = os.path.join(self.tmp, "root"), os.path.join(self.tmp, "state")
-        text = """version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.internal.v1.tracing",
-  "io.containerd.tracing.processor.v1.otlp",
-]
-
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  address = ""
-  level = "debug"
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{tmp}/opt"
-""".format(root=root, state=state, sock=self.sock, tmp=self.tmp)
-        if not self.builtin:
-            text += """
-[proxy_plugins.{plugin}]
-  type = "snapshot"
-  address = "{vs}"
-""".format(plugin=PLUGIN, vs=self.vs_sock)
-        text += getattr(self, "extra_config", "")  # more proxy plugins (tests/blobpath: the kata-tardev socket)
-        with open(cfg, "w") as f:
-            f.write(text)
-        self.containerd = Proc("containerd", ["containerd", "--config", cfg],
-                               os.path.join(self.tmp, "containerd.log"))
-        wait_for(lambda: os.path.exists(self.sock) and self.ctr("version", check=False).returncode == 0,
-                 "containerd", self.containerd)
+        self.containerd = start_containerd(self.tmp, self.sock, [] if self.builtin else [(PLUGIN, self.vs_sock)],
+                                           debug=True)
 
     def ctr(self, *a, check=True, timeout=300):
         return run(["ctr", "-a", self.sock, "-n", NS] + list(a), check=check, timeout=timeout)

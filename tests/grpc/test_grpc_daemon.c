@@ -33,31 +33,17 @@
 #include "containerd/services/snapshots/v1/snapshots.pb-c.h"
 #include "google/protobuf/empty.pb-c.h"
 
+/* A failed REQUIRE stops the daemons, shows their logs and exits: what follows cannot run. */
+static void finish(void);
+#define VS_TEST_REQUIRE_FAILED() finish()
+#include "tests/lib/vs_test.h"
+
 #define SNAP(x) Containerd__Services__Snapshots__V1__##x
 #define METHOD(rpc) "/containerd.services.snapshots.v1.Snapshots/" rpc
 #define NAMESPACE "testns"
 
-static int failures;
 static const char *daemon_path;
 static char tmp[256];
-
-#define CHECK(cond, ...)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);                         \
-            fprintf(stderr, __VA_ARGS__);                                                                    \
-            fprintf(stderr, "\n");                                                                           \
-            failures++;                                                                                      \
-        }                                                                                                    \
-    } while (0)
-
-/* Fatal: what follows cannot run. */
-#define REQUIRE(cond, ...)                                                                                   \
-    do {                                                                                                     \
-        CHECK(cond, __VA_ARGS__);                                                                            \
-        if (!(cond))                                                                                         \
-            finish();                                                                                        \
-    } while (0)
 
 static pid_t live_daemons[16];
 

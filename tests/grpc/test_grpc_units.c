@@ -8,18 +8,7 @@
 #include <unistd.h>
 
 #include "grpc/vs_grpc.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);                         \
-            fprintf(stderr, __VA_ARGS__);                                                                    \
-            fprintf(stderr, "\n");                                                                           \
-            failures++;                                                                                      \
-        }                                                                                                    \
-    } while (0)
+#include "tests/lib/vs_test.h"
 
 static void test_status_table(void)
 {
@@ -107,17 +96,19 @@ static void test_config(void)
     vs_daemon_config_free(&c);
 
     /* Everything set. */
-    CHECK(load_text("root = \"/srv/vs\"\nverity = \"auto\"\ncontainerd_address = \"/x/c.sock\"\n"
-                    "max_layer_size = 68719476736\n"
-                    "tardev_layer_src_prefix = \"/var/lib/containerd/io.containerd.snapshotter.v1.tardev/layers\"\n"
-                    "log_level = \"debug\"\n[[listen]]\naddress = \"/r/a.sock\"\ngroup = \"kvm\"\n"
-                    "[[listen]]\naddress = \"unix:///r/b.sock\"\ngroup = 107\n",
-                    &c, &err) == 0,
+    CHECK(load_text(
+              "root = \"/srv/vs\"\nverity = \"auto\"\ncontainerd_address = \"/x/c.sock\"\n"
+              "max_layer_size = 68719476736\n"
+              "tardev_layer_src_prefix = \"/var/lib/containerd/io.containerd.snapshotter.v1.tardev/layers\"\n"
+              "log_level = \"debug\"\n[[listen]]\naddress = \"/r/a.sock\"\ngroup = \"kvm\"\n"
+              "[[listen]]\naddress = \"unix:///r/b.sock\"\ngroup = 107\n",
+              &c, &err) == 0,
           "%s", err.message);
     CHECK(strcmp(c.root, "/srv/vs") == 0 && c.verity == SNAPSHOTTER_VERITY_AUTO &&
               strcmp(c.containerd_address, "/x/c.sock") == 0 && strcmp(c.log_level, "debug") == 0 &&
               c.max_layer_size == 68719476736ull &&
-              strcmp(c.tardev_layer_src_prefix, "/var/lib/containerd/io.containerd.snapshotter.v1.tardev/layers") == 0,
+              strcmp(c.tardev_layer_src_prefix,
+                     "/var/lib/containerd/io.containerd.snapshotter.v1.tardev/layers") == 0,
           "top-level keys");
     CHECK(c.listen_count == 2 && strcmp(c.listen[0].address, "/r/a.sock") == 0 &&
               strcmp(c.listen[0].group, "kvm") == 0 && strcmp(c.listen[1].address, "unix:///r/b.sock") == 0 &&

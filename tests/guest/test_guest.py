@@ -37,23 +37,11 @@ import sys
 import tarfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import mounts as dialect_mounts  # noqa: E402
-
 HERE = os.path.dirname(os.path.abspath(__file__))
-SKIP = 77
-failures = []
-
-
-def log(msg):
-    print(msg, flush=True)
-
-
-def check(cond, msg):
-    if not cond:
-        failures.append(msg)
-        log("FAIL: " + msg)
-    return cond
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+import mounts as dialect_mounts  # noqa: E402
+from vstest import SKIP, check, failures, log  # noqa: E402,F401
 
 
 # ---- layers --------------------------------------------------------------------------------------------------------
@@ -321,6 +309,52 @@ def parse_serial(logpath):
     return recs
 
 
+def qemu_skip_reason():
+    """Why the child VM cannot run here (None when it can)."""
+    if not shutil.which("qemu-system-x86_64"):
+        return "qemu-system-x86_64 is not installed (scripts/install-deps.sh installs qemu-system-x86)"
+    r = subprocess.run(["qemu-system-x86_64", "-accel", "help"], capture_output=True, text=True)
+    if r.returncode != 0 or "tcg" not in r.stdout:
+        return f"qemu-system-x86_64 cannot run TCG: {r.stdout}{r.stderr}"
+    return None
+
+
+def built_kernels(work, kernels, rc):
+    """The kernels build-initramfs.sh (exit status rc) built in work; each one it could not is a failed check."""
+    for k in kernels:
+        check(os.path.exists(os.path.join(work, k, "ok")), f"kernel {k}: build-initramfs.sh could not build it "
+                                                           f"(exit {rc}; see its messages above)")
+    return [k for k in kernels if os.path.exists(os.path.join(work, k, "ok"))]
+
+
+def wait_guests(runs):
+    """Waits until every guest of runs ({kernel: (process, serial log file, start, timeout, ...)}) powered off; one
+    still running after its timeout is killed and fails a check. Returns {kernel: seconds it ran}."""
+    times = {}
+    while len(times) < len(runs):
+        for k, (p, logf, start, timeout, *_) in runs.items():
+            if k in times:
+                continue
+            if p.poll() is None and time.monotonic() - start > timeout:
+                p.kill()
+                p.wait()
+                check(False, f"{k}: the guest did not power off within {timeout}s (serial log: {logf.name})")
+            if p.poll() is not None:
+                logf.close()
+                times[k] = time.monotonic() - start
+        time.sleep(0.1)
+    return times
+
+
+def finished(k, recs, logpath, what="the guest program"):
+    """Whether the guest said it was done (a failed check, with the serial log's tail, if not)."""
+    if check(any(r.get("t") == "done" for r in recs), f"{k}: {what} did not finish"):
+        return True
+    with open(logpath, "rb") as f:
+        log(f.read().decode("utf-8", "replace")[-4000:])
+    return False
+
+
 # ---- judging ---------------------------------------------------------------------------------------------------------
 def manifest_of(recs, group):
     return {r["path"]: {k: v for k, v in r.items() if k not in ("t", "group", "path")}
@@ -373,12 +407,9 @@ def main():
     ap.add_argument("--mounts", help="also boot with these mounts (JSON list, as a veritysnap socket returned them)")
     a = ap.parse_args()
     t0 = time.monotonic()
-    if not shutil.which("qemu-system-x86_64"):
-        log("SKIP: qemu-system-x86_64 is not installed (scripts/install-deps.sh installs qemu-system-x86)")
-        return SKIP
-    r = subprocess.run(["qemu-system-x86_64", "-accel", "help"], capture_output=True, text=True)
-    if r.returncode != 0 or "tcg" not in r.stdout:
-        log(f"SKIP: qemu-system-x86_64 cannot run TCG: {r.stdout}{r.stderr}")
+    why = qemu_skip_reason()
+    if why:
+        log("SKIP: " + why)
         return SKIP
     if not os.access(a.veritysnap, os.X_OK):
         log(f"FAIL: {a.veritysnap} is not an executable")
@@ -390,10 +421,7 @@ def main():
     # 1. kernels and initramfs
     b = subprocess.run(["bash", os.path.join(HERE, "build-initramfs.sh"), work, *kernels])
     t_build = time.monotonic() - t0
-    for k in kernels:
-        check(os.path.exists(os.path.join(work, k, "ok")), f"kernel {k}: build-initramfs.sh could not build it "
-                                                           f"(exit {b.returncode}; see its messages above)")
-    kernels = [k for k in kernels if os.path.exists(os.path.join(work, k, "ok"))]
+    kernels = built_kernels(work, kernels, b.returncode)
     if not kernels:
         return 1
 
@@ -508,19 +536,7 @@ def main():
     runs = {}
     for k in kernels:
         runs[k] = boot(os.path.join(work, k), disks, config, os.path.join(work, f"serial-{k}.log"), a.timeout)
-    times = {}
-    while len(times) < len(runs):
-        for k, (p, logf, start, timeout, cmd) in runs.items():
-            if k in times:
-                continue
-            if p.poll() is None and time.monotonic() - start > timeout:
-                p.kill()
-                p.wait()
-                check(False, f"{k}: the guest did not power off within {timeout}s (serial log: {logf.name})")
-            if p.poll() is not None:
-                logf.close()
-                times[k] = time.monotonic() - start
-        time.sleep(0.1)
+    times = wait_guests(runs)
 
     # 4. judge
     for k in kernels:
@@ -530,9 +546,7 @@ def main():
         version = bootrec[0]["kernel"] if bootrec else "?"
         log(f"== {k}: kernel {version}, boot+run {times[k]:.1f}s "
             f"(guest uptime at start {bootrec[0]['uptime'] if bootrec else '?'}s), serial log {logpath}")
-        if not check(any(r.get("t") == "done" for r in recs), f"{k}: the guest program did not finish"):
-            with open(logpath, "rb") as f:
-                log(f.read().decode("utf-8", "replace")[-4000:])
+        if not finished(k, recs, logpath):
             continue
         for r in recs:
             if r.get("t") in ("insmod", "fatal", "garbled"):

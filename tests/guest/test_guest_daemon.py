@@ -52,19 +52,15 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import mounts as dialect_mounts  # noqa: E402
 import test_guest as tg  # noqa: E402
-from test_e2e import Fail, Proc, mounts_under, run, wait_for  # noqa: E402
-
-SKIP = 77
+from vstest import SKIP, Fail, Proc, check, failures, log, mounts_under, run, start_containerd, wait_for  # noqa: E402
 NS = "vsguest"
 BASE = "docker.io/library/veritysnap-guest"
 IMAGE = BASE + ":1"
 KEY_EROFS, KEY_TARDEV = "veritysnap-kata", "veritysnap-tardev"
 PFX = dialect_mounts.PFX
-log = tg.log
-check = tg.check
 
 
 def sha(data):
@@ -449,13 +445,13 @@ def main():
     if os.geteuid() != 0:
         log("SKIP: needs root (containerd, loop mounts)")
         return SKIP
-    for tool in ("containerd", "ctr", "qemu-system-x86_64"):
+    for tool in ("containerd", "ctr"):
         if not shutil.which(tool):
             log(f"SKIP: {tool} is not installed")
             return SKIP
-    r = subprocess.run(["qemu-system-x86_64", "-accel", "help"], capture_output=True, text=True)
-    if r.returncode != 0 or "tcg" not in r.stdout:
-        log(f"SKIP: qemu-system-x86_64 cannot run TCG: {r.stdout}{r.stderr}")
+    why = tg.qemu_skip_reason()
+    if why:
+        log("SKIP: " + why)
         return SKIP
     if not a.veritysnapd or not os.access(a.veritysnapd, os.X_OK):
         log(f"SKIP: no veritysnapd: {a.veritysnapd}")
@@ -493,27 +489,7 @@ def main():
         daemon = Proc("veritysnapd", [a.veritysnapd, "--config", vcfg] +
                       (["--containerd-address", sock] if tardev else []), os.path.join(tmp, "veritysnapd.log"))
         wait_for(lambda: os.path.exists(vsock) and stat.S_ISSOCK(os.stat(vsock).st_mode), "socket " + vsock, daemon)
-        ccfg = os.path.join(tmp, "containerd.toml")
-        with open(ccfg, "w") as f:
-            f.write(f"""version = 2
-root = "{tmp}/root"
-state = "{tmp}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{tmp}/opt"
-[proxy_plugins.{key}]
-  type = "snapshot"
-  address = "{vsock}"
-""")
-        containerd = Proc("containerd", ["containerd", "--config", ccfg], os.path.join(tmp, "containerd.log"))
-        wait_for(lambda: os.path.exists(sock) and ctr("version", check=False).returncode == 0, "containerd",
-                 containerd)
+        containerd = start_containerd(tmp, sock, [(key, vsock)])
         d = os.path.join(work, "daemon" + sfx + "-layers")
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
@@ -524,11 +500,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         judge = (tardev_setup if tardev else erofs_setup)(ctx)
 
         # 4. the guest
-        rc = builder.wait()
-        for k in kernels:
-            check(os.path.exists(os.path.join(work, k, "ok")), f"kernel {k}: build-initramfs.sh could not build it "
-                                                               f"(exit {rc}; see its messages above)")
-        kernels = [k for k in kernels if os.path.exists(os.path.join(work, k, "ok"))]
+        kernels = tg.built_kernels(work, kernels, builder.wait())
         if not kernels:
             raise Fail("no kernel to boot")
         disks = ctx["disks"]
@@ -539,28 +511,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         t_boot0 = time.monotonic()
         runs = {k: tg.boot(os.path.join(work, k), disks, config, os.path.join(work, f"serial-daemon{sfx}-{k}.log"),
                            a.timeout) for k in kernels}
-        times = {}
-        while len(times) < len(runs):
-            for k, (p, logf, start, timeout, _) in runs.items():
-                if k in times:
-                    continue
-                if p.poll() is None and time.monotonic() - start > timeout:
-                    p.kill()
-                    p.wait()
-                    check(False, f"{k}: the guest did not power off within {timeout}s (serial log: {logf.name})")
-                if p.poll() is not None:
-                    logf.close()
-                    times[k] = time.monotonic() - start
-            time.sleep(0.1)
+        times = tg.wait_guests(runs)
         for k in kernels:
             logpath = os.path.join(work, f"serial-daemon{sfx}-{k}.log")
             recs = tg.parse_serial(logpath)
             bootrec = [r for r in recs if r.get("t") == "boot"]
             log(f"== {k}: kernel {bootrec[0]['kernel'] if bootrec else '?'}, boot+run {times[k]:.1f}s, "
                 f"serial log {logpath}")
-            if not check(any(r.get("t") == "done" for r in recs), f"{k}: the guest program did not finish"):
-                with open(logpath, "rb") as f:
-                    log(f.read().decode("utf-8", "replace")[-4000:])
+            if not tg.finished(k, recs, logpath):
                 continue
             for r in recs:
                 if r.get("t") in ("insmod", "fatal", "garbled"):
@@ -578,8 +536,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         log(f"timing: {'pull' if tardev else 'import'} {ctx['t_import']:.1f}s, boots " +
             ", ".join(f"{k} {t:.1f}s" for k, t in times.items()) +
             f" (from {time.monotonic() - t_boot0:.1f}s), total {time.monotonic() - t0:.1f}s")
-        if tg.failures:
-            log(f"{len(tg.failures)} check(s) failed")
+        if failures:
+            log(f"{len(failures)} check(s) failed")
             return 1
         ok = True
         log(f"PASS: the daemon's {a.dialect} mounts boot in the child VM")

@@ -27,8 +27,10 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SKIP = 77
-failures = []
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+import test_guest as tg  # noqa: E402
+from vstest import SKIP, check, failures, log  # noqa: E402
 
 # Lines (regular expressions) each program must print in the guest: proof that the device-mapper branch ran, not
 # the -ENODEV one.
@@ -49,17 +51,6 @@ EXPECT = {
     "guest_host_verity": [r"^ok   .*/dev/mapper/", r"^ok   all host dialect checks passed$"],
 }
 FORBID = [r"device-mapper is not available", r"^SKIP"]
-
-
-def log(msg):
-    print(msg, flush=True)
-
-
-def check(cond, msg):
-    if not cond:
-        failures.append(msg)
-        log("FAIL: " + msg)
-    return cond
 
 
 def ldd_closure(programs):
@@ -167,13 +158,14 @@ def build_initramfs(work, kernel, programs, libs):
     return out
 
 
-def boot(kdir, initrd, logpath):
+def boot(kdir, initrd, logpath, timeout):
     cmd = ["qemu-system-x86_64", "-accel", os.environ.get("VERITYSNAP_GUEST_ACCEL", "tcg"), "-cpu", "max",
            "-m", "1024", "-smp", "1", "-nographic", "-no-reboot", "-nic", "none",
            "-kernel", os.path.join(kdir, "vmlinuz"), "-initrd", initrd,
            "-append", "console=ttyS0 quiet loglevel=1 panic=-1"]
     logf = open(logpath, "wb")
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT), logf
+    start = time.monotonic()
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT), logf, start, timeout
 
 
 def parse_serial(logpath):
@@ -203,12 +195,9 @@ def main():
     ap.add_argument("--timeout", type=int, default=400)
     a = ap.parse_args()
     t0 = time.monotonic()
-    if not shutil.which("qemu-system-x86_64"):
-        log("SKIP: qemu-system-x86_64 is not installed (scripts/install-deps.sh installs qemu-system-x86)")
-        return SKIP
-    r = subprocess.run(["qemu-system-x86_64", "-accel", "help"], capture_output=True, text=True)
-    if r.returncode != 0 or "tcg" not in r.stdout:
-        log(f"SKIP: qemu-system-x86_64 cannot run TCG: {r.stdout}{r.stderr}")
+    why = tg.qemu_skip_reason()
+    if why:
+        log("SKIP: " + why)
         return SKIP
     programs = [os.path.abspath(p) for p in a.program]
     for p in programs:
@@ -220,32 +209,16 @@ def main():
     kernels = [k for k in a.kernels.split(",") if k]
 
     b = subprocess.run(["bash", os.path.join(HERE, "build-initramfs.sh"), work, *kernels])
-    for k in kernels:
-        check(os.path.exists(os.path.join(work, k, "ok")), f"kernel {k}: build-initramfs.sh could not build it "
-                                                           f"(exit {b.returncode}; see its messages above)")
-    kernels = [k for k in kernels if os.path.exists(os.path.join(work, k, "ok"))]
+    kernels = tg.built_kernels(work, kernels, b.returncode)
     if not kernels:
         return 1
     libs = ldd_closure(programs)
     initrds = {k: build_initramfs(work, k, programs, libs) for k in kernels}
     t_build = time.monotonic() - t0
 
-    runs, times = {}, {}
-    for k in kernels:
-        runs[k] = boot(os.path.join(work, k), initrds[k], os.path.join(work, f"serial-programs-{k}.log"))
-    start = time.monotonic()
-    while len(times) < len(runs):
-        for k, (p, logf) in runs.items():
-            if k in times:
-                continue
-            if p.poll() is None and time.monotonic() - start > a.timeout:
-                p.kill()
-                p.wait()
-                check(False, f"{k}: the guest did not power off within {a.timeout}s (serial log: {logf.name})")
-            if p.poll() is not None:
-                logf.close()
-                times[k] = time.monotonic() - start
-        time.sleep(0.1)
+    runs = {k: boot(os.path.join(work, k), initrds[k], os.path.join(work, f"serial-programs-{k}.log"), a.timeout)
+            for k in kernels}
+    times = tg.wait_guests(runs)
 
     for k in kernels:
         logpath = os.path.join(work, f"serial-programs-{k}.log")
@@ -256,9 +229,7 @@ def main():
         for r in recs:
             if r.get("t") in ("insmod", "garbled"):
                 check(False, f"{k}: {r}")
-        if not check(any(r.get("t") == "done" for r in recs), f"{k}: the guest did not finish"):
-            with open(logpath, "rb") as f:
-                log(f.read().decode("utf-8", "replace")[-4000:])
+        if not tg.finished(k, recs, logpath, "the guest"):
             continue
         results = {r["program"]: r for r in recs if r.get("t") == "result"}
         for p in programs:

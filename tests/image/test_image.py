@@ -28,23 +28,17 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from vstest import SKIP, run_args as run, run_tests, start_containerd  # noqa: E402
+
 VS = sys.argv[1]
 ONLY = set(sys.argv[2:])
-SKIP = 77
-failures = []
 
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER = {"none": "application/vnd.oci.image.layer.v1.tar", "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
             "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
-
-
-def run(*args, check=True, input=None, env=None):
-    p = subprocess.run([str(a) for a in args], capture_output=True, input=input, env=env)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{args} exited {p.returncode}: {p.stderr.decode(errors='replace')}")
-    return p
 
 
 def sha(data):
@@ -1215,32 +1209,7 @@ class Containerd:
     def __init__(self, tmp):
         self.dir = tempfile.mkdtemp(prefix="ctd-", dir=tmp)
         self.sock = f"{self.dir}/c.sock"
-        cfg = f"{self.dir}/containerd.toml"
-        with open(cfg, "w") as f:
-            f.write(f"""version = 2
-root = "{self.dir}/root"
-state = "{self.dir}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{self.sock}"
-[ttrpc]
-  address = "{self.sock}.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{self.dir}/opt"
-""")
-        self.log = open(f"{self.dir}/log", "w")
-        self.proc = subprocess.Popen(["containerd", "--config", cfg], stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        for _ in range(300):
-            if os.path.exists(self.sock) and self.ctr("version", check=False).returncode == 0:
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.stop()
-        raise AssertionError("containerd did not start: " + open(f"{self.dir}/log").read()[-3000:])
+        self.proc = start_containerd(self.dir, self.sock)
 
     def ctr(self, *args, ns="default", check=True):
         return run("ctr", "-a", self.sock, "-n", ns, *args, check=check)
@@ -1249,14 +1218,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         return f"{self.dir}/root/io.containerd.content.v1.content/blobs/sha256/{digest[7:]}"
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        self.proc.stop()
 
 
 def test_containerd(tmp):
@@ -1353,27 +1315,7 @@ TESTS = [test_oci_layout, test_oci_archive, test_docker_archive, test_multi_plat
 
 
 def main():
-    skipped = 0
-    for t in TESTS:
-        if ONLY and t.__name__ not in ONLY:
-            continue
-        tmp = tempfile.mkdtemp(prefix="vs-image-")
-        try:
-            r = t(tmp)
-            if r == SKIP:
-                skipped += 1
-                print(f"SKIP {t.__name__}")
-            else:
-                print(f"ok   {t.__name__}")
-        except AssertionError as e:
-            failures.append(t.__name__)
-            print(f"FAIL {t.__name__}: {e}")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if failures:
-        sys.exit(1)
-    if skipped and ONLY and skipped == len(ONLY):
-        sys.exit(SKIP)
+    run_tests(TESTS, ONLY, prefix="vs-image-")
 
 
 main()

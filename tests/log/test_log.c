@@ -12,17 +12,9 @@
 
 #include "common/vs_log.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            fprintf(stdout, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);                         \
-            fprintf(stdout, __VA_ARGS__);                                                                    \
-            fprintf(stdout, "\n");                                                                           \
-            failures++;                                                                                      \
-        }                                                                                                    \
-    } while (0)
+/* Failures go to stdout: the tests capture stderr. */
+#define VS_TEST_OUT stdout
+#include "tests/lib/vs_test.h"
 
 /* ---- Capturing stderr: a pipe on fd 2 drained by a thread, so writers never block on a full pipe ---- */
 

@@ -14,20 +14,10 @@
 #include <unistd.h>
 
 #include "snapshotter/snapshotter.h"
+#include "tests/lib/vs_test.h"
 
 #define LAYERS 4
 #define COPIES 2 /* each layer converted by this many threads at once */
-
-static int failures;
-#define CHECK(cond, ...)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                             \
-            fprintf(stderr, __VA_ARGS__);                                                                    \
-            fputc('\n', stderr);                                                                             \
-            failures++;                                                                                      \
-        }                                                                                                    \
-    } while (0)
 
 static char work[] = "/tmp/vs-concurrent-XXXXXX";
 
@@ -170,6 +160,57 @@ static void run_format(enum tarfs_format format, const char *ext)
     }
 }
 
+/* Both forms from one read of each layer must be the files the single-format builds made (run_format's serial
+ * files), sidecar included; a layer cut short leaves neither file. */
+static void check_both(void)
+{
+    for (int i = 0; i < LAYERS; i++) {
+        struct layer_file_options opts;
+        layer_file_options_default(&opts);
+        char in[256], e[256], t[256], se[256], st[256], es[300], ses[300];
+        snprintf(in, sizeof(in), "%s/layer-%d.tar", work, i);
+        snprintf(e, sizeof(e), "%s/both-%d.erofs", work, i);
+        snprintf(t, sizeof(t), "%s/both-%d.tarfs", work, i);
+        snprintf(se, sizeof(se), "%s/serial-%d.erofs", work, i);
+        snprintf(st, sizeof(st), "%s/serial-%d.tarfs", work, i);
+        snprintf(es, sizeof(es), "%s.dmverity", e);
+        snprintf(ses, sizeof(ses), "%s.dmverity", se);
+        int fd = open(in, O_RDONLY | O_CLOEXEC);
+        struct layer_file_result re, rt;
+        struct vs_error err = {0};
+        int rc = fd >= 0 ? layer_file_build_fd_both(fd, e, t, &opts, &re, &rt, &err) : -errno;
+        if (fd >= 0)
+            close(fd);
+        CHECK(rc == 0, "both forms of layer %d: %s", i, err.message);
+        if (rc)
+            continue;
+        CHECK(same_files(e, se), "layer %d: the EROFS file made beside the tarfs one differs from %s", i, se);
+        CHECK(same_files(t, st), "layer %d: the tarfs file made beside the EROFS one differs from %s", i, st);
+        CHECK(same_files(es, ses), "layer %d: the sidecars differ", i);
+        CHECK(memcmp(re.image.diff_id, rt.image.diff_id, 32) == 0, "layer %d: two diff IDs", i);
+    }
+    /* A truncated layer: an error, and neither file (nor a temporary one) is left. */
+    char in[256], cut[256], e[256], t[256];
+    snprintf(in, sizeof(in), "%s/layer-0.tar", work);
+    snprintf(cut, sizeof(cut), "%s/cut/layer.tar", work);
+    snprintf(e, sizeof(e), "%s/cut/layer.erofs", work);
+    snprintf(t, sizeof(t), "%s/cut/layer.tarfs", work);
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "mkdir -p '%s/cut' && head -c 30000 '%s' > '%s'", work, in, cut);
+    CHECK(system(cmd) == 0, "making a truncated layer");
+    struct layer_file_options opts;
+    layer_file_options_default(&opts);
+    struct layer_file_result re, rt;
+    struct vs_error err = {0};
+    int fd = open(cut, O_RDONLY | O_CLOEXEC);
+    int rc = fd >= 0 ? layer_file_build_fd_both(fd, e, t, &opts, &re, &rt, &err) : 0;
+    if (fd >= 0)
+        close(fd);
+    CHECK(rc < 0, "a truncated layer converted without an error");
+    snprintf(cmd, sizeof(cmd), "test \"$(ls -A '%s/cut')\" = layer.tar", work);
+    CHECK(system(cmd) == 0, "a failed two-form build left files behind in %s/cut", work);
+}
+
 int main(void)
 {
     if (!mkdtemp(work)) {
@@ -184,6 +225,7 @@ int main(void)
     if (!failures) {
         run_format(TARFS_FORMAT_EROFS, "erofs");
         run_format(TARFS_FORMAT_TARFS, "tarfs");
+        check_both();
     }
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", work);

@@ -1,7 +1,8 @@
-/* The snapshot model against the kernel: a sequence like containerd's snapshotter suite, really mounting what the
- * API returns (bind, overlay with the EROFS layers below it), writing through it, committing, viewing, and then
- * checking the contract's error codes, Walk filters, Update, Usage, Remove order, Cleanup and a reopen. The oracle is
- * the kernel's view of the mounted trees and /proc/self/mountinfo. Needs root, overlay and erofs; exits 77 without. */
+/* The snapshot model against the kernel: a sequence like containerd's snapshotter suite, really mounting what
+ * the API returns (bind, overlay with the EROFS layers below it), writing through it, committing, viewing,
+ * and then checking the contract's error codes, Walk filters, Update, Usage, Remove order, Cleanup and a
+ * reopen. The oracle is the kernel's view of the mounted trees and /proc/self/mountinfo. Needs root, overlay
+ * and erofs; exits 77 without. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -15,58 +16,12 @@
 
 #include "snapshotter/snapshotter.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                                                              \
-    do {                                                                                                              \
-        if (!(cond)) {                                                                                                \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                          \
-            fprintf(stderr, __VA_ARGS__);                                                                             \
-            fprintf(stderr, "\n");                                                                                    \
-            failures++;                                                                                               \
-        }                                                                                                             \
-    } while (0)
-
-#define REQUIRE(cond, ...)                                                                                            \
-    do {                                                                                                              \
-        if (!(cond)) {                                                                                                \
-            CHECK(cond, __VA_ARGS__);                                                                                 \
-            return;                                                                                                   \
-        }                                                                                                             \
-    } while (0)
+/* A failed REQUIRE ends the test function it is in; the others still run. */
+#define VS_TEST_REQUIRE_FAILED() return
+#include "tests/lib/vs_test.h"
 
 static const struct snapshot_call call = {.namespace_name = "test", .rpc = "test"};
 static char base_dir[256];
-
-static bool has_fs(const char *name)
-{
-    FILE *f = fopen("/proc/filesystems", "r");
-    if (!f)
-        return false;
-    char line[256];
-    bool found = false;
-    while (fgets(line, sizeof(line), f)) {
-        char *t = strrchr(line, '\t');
-        t = t ? t + 1 : line;
-        t[strcspn(t, "\n")] = '\0';
-        if (strcmp(t, name) == 0)
-            found = true;
-    }
-    fclose(f);
-    return found;
-}
-
-static void write_file(const char *dir, const char *name, const char *content)
-{
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL, "creating %s: %s", path, strerror(errno));
-    if (f) {
-        fputs(content, f);
-        fclose(f);
-    }
-}
 
 static char *read_file(const char *dir, const char *name)
 {
@@ -239,7 +194,8 @@ static void check_walk(struct snapshotter *s, const char *const *filters, size_t
         want++;
         CHECK(walked(&w, t), "walk '%s' should match '%s'", n ? filters[0] : "", t);
     }
-    CHECK(w.count == want, "walk '%s' matched %d, expected %d (%s)", n ? filters[0] : "", w.count, want, expect);
+    CHECK(w.count == want, "walk '%s' matched %d, expected %d (%s)", n ? filters[0] : "", w.count, want,
+          expect);
 }
 
 static void make_target(const char *name, char *out, size_t cap)
@@ -272,11 +228,11 @@ static void sequence(void)
     REQUIRE(mount_all(&ms, t1) == 0, "mounting base: %s", strerror(errno));
     struct stat st;
     CHECK(stat(t1, &st) == 0 && (st.st_mode & 07777) == 0755, "base root mode 0%o", st.st_mode & 07777);
-    write_file(t1, "foo", "foo\n");
-    write_file(t1, "gone", "x\n");
+    vs_test_write_file(t1, "foo", "foo\n");
+    vs_test_write_file(t1, "gone", "x\n");
     CHECK(mkdir(strcat(strcpy((char[600]){0}, t1), "/a"), 0755) == 0, "mkdir a");
     CHECK(mkdir(strcat(strcpy((char[600]){0}, t1), "/a/b"), 0755) == 0, "mkdir a/b");
-    write_file(t1, "a/b/inner", "inner\n");
+    vs_test_write_file(t1, "a/b/inner", "inner\n");
     umount2(t1, MNT_DETACH);
     snapshot_mounts_free(&ms);
 
@@ -296,7 +252,8 @@ static void sequence(void)
     CHECK(snapshotter_stat(s, &call, "base", &si, &err) == -ENOENT, "the active key is gone after commit");
     char layers[600];
     snprintf(layers, sizeof(layers), "%s/layers", root);
-    CHECK(count_entries(layers) == 2, "layers/ holds the layer file and its sidecar: %d", count_entries(layers));
+    CHECK(count_entries(layers) == 2, "layers/ holds the layer file and its sidecar: %d",
+          count_entries(layers));
 
     /* Child: an overlay on the base layer; a deletion becomes a whiteout, a recreated dir an opaque one. */
     rc = snapshotter_prepare(s, &call, "child", "base-c", gc, 1, &ms, &err);
@@ -305,7 +262,8 @@ static void sequence(void)
     const char *lower = option_value(&ms.items[0], "lowerdir=");
     CHECK(lower && !strchr(lower, ':') && strstr(lower, "/mnt/"), "child: one lowerdir under mnt/: %s",
           lower ? lower : "(none)");
-    CHECK(option_value(&ms.items[0], "upperdir=") && option_value(&ms.items[0], "workdir="), "child: upper+work");
+    CHECK(option_value(&ms.items[0], "upperdir=") && option_value(&ms.items[0], "workdir="),
+          "child: upper+work");
     char t2[512];
     make_target("t2", t2, sizeof(t2));
     REQUIRE(mount_all(&ms, t2) == 0, "mounting child: %s", strerror(errno));
@@ -319,17 +277,17 @@ static void sequence(void)
     CHECK(unlink(p) == 0, "deleting a/b/inner");
     snprintf(p, sizeof(p), "%s/a/b", t2);
     CHECK(rmdir(p) == 0 && mkdir(p, 0755) == 0, "recreating a/b");
-    write_file(t2, "a/b/new", "new\n");
-    write_file(t2, "bar", "bar\n");
-    write_file(t2, "foo", "bar\n");
+    vs_test_write_file(t2, "a/b/new", "new\n");
+    vs_test_write_file(t2, "bar", "bar\n");
+    vs_test_write_file(t2, "foo", "bar\n");
     umount2(t2, MNT_DETACH);
     snapshot_mounts_free(&ms);
 
     /* Usage of an active snapshot: what its upper dir holds. */
     int64_t size = 0, inodes = 0;
     rc = snapshotter_usage(s, &call, "child", &size, &inodes, &err);
-    CHECK(rc == 0 && inodes >= 6 && size > 0, "usage child: rc %d size %lld inodes %lld: %s", rc, (long long)size,
-          (long long)inodes, err.message);
+    CHECK(rc == 0 && inodes >= 6 && size > 0, "usage child: rc %d size %lld inodes %lld: %s", rc,
+          (long long)size, (long long)inodes, err.message);
 
     rc = snapshotter_commit(s, &call, "child-c", "child", gc, 1, &err);
     REQUIRE(rc == 0, "commit child: %s", err.message);
@@ -364,7 +322,8 @@ static void sequence(void)
     /* View of one layer: a read-only bind of its host mount. */
     rc = snapshotter_view(s, &call, "v1", "base-c", NULL, 0, &ms, &err);
     REQUIRE(rc == 0, "view v1: %s", err.message);
-    CHECK(ms.count == 1 && !strcmp(ms.items[0].type, "bind") && has_option(&ms.items[0], "ro"), "v1: ro bind");
+    CHECK(ms.count == 1 && !strcmp(ms.items[0].type, "bind") && has_option(&ms.items[0], "ro"),
+          "v1: ro bind");
     char t4[512];
     make_target("t4", t4, sizeof(t4));
     CHECK(mount_all(&ms, t4) == 0, "mounting v1: %s", strerror(errno));
@@ -389,8 +348,10 @@ static void sequence(void)
     snapshot_mounts_free(&ms);
 
     /* The contract's error codes. */
-    CHECK(snapshotter_prepare(s, &call, "top", "base-c", NULL, 0, &ms, &err) == -EEXIST, "prepare existing key");
-    CHECK(snapshotter_view(s, &call, "child-c", "base-c", NULL, 0, &ms, &err) == -EEXIST, "view existing key");
+    CHECK(snapshotter_prepare(s, &call, "top", "base-c", NULL, 0, &ms, &err) == -EEXIST,
+          "prepare existing key");
+    CHECK(snapshotter_view(s, &call, "child-c", "base-c", NULL, 0, &ms, &err) == -EEXIST,
+          "view existing key");
     CHECK(snapshotter_prepare(s, &call, "x", "nope", NULL, 0, &ms, &err) == -ENOENT, "missing parent");
     CHECK(strstr(err.message, "'x'") && strstr(err.message, "'nope'"), "message names key and parent: %s",
           err.message);
@@ -399,7 +360,8 @@ static void sequence(void)
     CHECK(snapshotter_commit(s, &call, "x", "top", NULL, 0, &err) == -EBUSY, "commit of a view");
     CHECK(snapshotter_commit(s, &call, "x", "base-c", NULL, 0, &err) == -EBUSY, "commit of a committed");
     CHECK(snapshotter_commit(s, &call, "x", "nope", NULL, 0, &err) == -ENOENT, "commit of a missing key");
-    CHECK(snapshotter_commit(s, &call, "base-c", "a-np", NULL, 0, &err) == -EEXIST, "commit onto an existing name");
+    CHECK(snapshotter_commit(s, &call, "base-c", "a-np", NULL, 0, &err) == -EEXIST,
+          "commit onto an existing name");
     CHECK(snapshotter_remove(s, &call, "base-c", &err) == -EBUSY, "remove with children");
     CHECK(strstr(err.message, "cannot remove snapshot with child"), "message: %s", err.message);
     CHECK(snapshotter_remove(s, &call, "nope", &err) == -ENOENT, "remove missing");
@@ -438,8 +400,8 @@ static void sequence(void)
     const char *bad[] = {"name=top", "name==", "kind==active,", "labels.\"x", "name~=(", "=="};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct walk_ctx w = {.s = s};
-        CHECK(snapshotter_walk(s, &call, &bad[i], 1, walk_fn, &w, &err) == -EINVAL, "bad filter '%s' -> -EINVAL",
-              bad[i]);
+        CHECK(snapshotter_walk(s, &call, &bad[i], 1, walk_fn, &w, &err) == -EINVAL,
+              "bad filter '%s' -> -EINVAL", bad[i]);
     }
 
     /* Update: labels only, empty value deletes, updated_ns moves. */
@@ -460,7 +422,8 @@ static void sequence(void)
     in.labels = nl2;
     const char *paths[] = {"labels.a", "labels.c", "labels.b"};
     rc = snapshotter_update(s, &call, &in, paths, 3, &outi, &err);
-    CHECK(rc == 0 && outi.label_count == 1 && label(&outi, "c"), "update labels.<k>: %zu labels", outi.label_count);
+    CHECK(rc == 0 && outi.label_count == 1 && label(&outi, "c"), "update labels.<k>: %zu labels",
+          outi.label_count);
     snapshot_info_free(&outi);
     const char *bad_path[] = {"parent"};
     CHECK(snapshotter_update(s, &call, &in, bad_path, 1, &outi, &err) == -EINVAL, "update parent -> -EINVAL");
@@ -475,7 +438,8 @@ static void sequence(void)
     snprintf(upper_copy, sizeof(upper_copy), "%s", upper ? upper : "");
     snapshot_mounts_free(&ms);
     CHECK(rmdir(upper_copy) == 0, "removing the upper dir behind the snapshotter's back");
-    CHECK(snapshotter_commit(s, &call, "broken-c", "broken", NULL, 0, &err) < 0, "commit of a missing upper fails");
+    CHECK(snapshotter_commit(s, &call, "broken-c", "broken", NULL, 0, &err) < 0,
+          "commit of a missing upper fails");
     CHECK(strstr(err.message, "broken"), "message names the key: %s", err.message);
     rc = snapshotter_stat(s, &call, "broken", &si, &err);
     CHECK(rc == 0 && si.kind == SNAPSHOT_KIND_ACTIVE, "still active after a failed commit");
@@ -492,7 +456,8 @@ static void sequence(void)
     REQUIRE(rc == 0, "reopen: %s", err.message);
     check_walk(s, NULL, 0, "base-c child-c top v1 v-np a-np");
     rc = snapshotter_stat(s, &call, "child-c", &si, &err);
-    CHECK(rc == 0 && si.kind == SNAPSHOT_KIND_COMMITTED && !strcmp(si.parent, "base-c"), "child-c after reopen");
+    CHECK(rc == 0 && si.kind == SNAPSHOT_KIND_COMMITTED && !strcmp(si.parent, "base-c"),
+          "child-c after reopen");
     snapshot_info_free(&si);
     rc = snapshotter_mounts(s, &call, "top", &ms, &err);
     CHECK(rc == 0, "mounts top after reopen: %s", err.message);
@@ -504,13 +469,14 @@ static void sequence(void)
         snapshot_mounts_free(&ms);
     }
 
-    /* Reopen reconciles: files without rows go; a missing layer file is reported and its mounts fail clearly. */
+    /* Reopen reconciles: files without rows go; a missing layer file is reported and its mounts fail clearly.
+     */
     snapshotter_close(s);
     char junk[700];
-    write_file(layers, "999-0123456789abcdef.erofs", "junk");
+    vs_test_write_file(layers, "999-0123456789abcdef.erofs", "junk");
     snprintf(junk, sizeof(junk), "%s/snapshots/999", root);
     mkdir(junk, 0700);
-    write_file(tmp, "commit-999-x", "junk");
+    vs_test_write_file(tmp, "commit-999-x", "junk");
     rc = snapshotter_open(&cfg, &s, &err);
     REQUIRE(rc == 0, "reopen with orphans: %s", err.message);
     CHECK(count_entries(layers) == 4, "orphan layer file removed: %d", count_entries(layers));
@@ -543,7 +509,8 @@ static void sequence(void)
     rc = snapshotter_view(s, &call, "v-missing", "base-c", NULL, 0, &ms, &err);
     CHECK(rc < 0 && strstr(err.message, "base-c") && strstr(err.message, "missing"),
           "view over a missing layer file fails naming it: %d %s", rc, err.message);
-    CHECK(snapshotter_stat(s, &call, "v-missing", &si, &err) == -ENOENT, "no snapshot left by the failed view");
+    CHECK(snapshotter_stat(s, &call, "v-missing", &si, &err) == -ENOENT,
+          "no snapshot left by the failed view");
     CHECK(rename(moved, base_layer) == 0, "restoring the base layer file");
 
     /* Remove in order (children first), then nothing is left. */
@@ -581,7 +548,8 @@ static void modes(void)
     int rc = snapshotter_prepare(s, &call, "c", "bc", NULL, 0, &ms, &err);
     if (!dm) {
         CHECK(rc == -ENODEV, "require without device-mapper: -ENODEV, got %d: %s", rc, err.message);
-        CHECK(strstr(err.message, "device-mapper") && strstr(err.message, "auto"), "message: %s", err.message);
+        CHECK(strstr(err.message, "device-mapper") && strstr(err.message, "auto"), "message: %s",
+              err.message);
         struct snapshot_info si;
         CHECK(snapshotter_stat(s, &call, "c", &si, &err) == -ENOENT, "a failed prepare leaves no snapshot");
     } else {
@@ -617,7 +585,7 @@ static void modes(void)
 
 int main(void)
 {
-    if (geteuid() != 0 || !has_fs("overlay") || !has_fs("erofs")) {
+    if (geteuid() != 0 || !vs_test_has_fs("overlay") || !vs_test_has_fs("erofs")) {
         fprintf(stderr, "SKIP: needs root, overlay and erofs\n");
         return 77;
     }

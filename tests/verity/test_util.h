@@ -1,5 +1,5 @@
-/* Small helpers shared by the verity tests: checks that stop the program, a temporary directory removed at
- * exit, deterministic data, running veritysetup, and a write callback into a file. */
+/* Small helpers shared by the verity tests: checks that stop the program (REQUIRE, tests/lib/vs_test.h), a
+ * temporary directory removed at exit, deterministic data, running veritysetup, and a write callback into a file. */
 #ifndef VERITYSNAP_TESTS_VERITY_TEST_UTIL_H
 #define VERITYSNAP_TESTS_VERITY_TEST_UTIL_H
 
@@ -14,24 +14,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/lib/vs_test.h"
 #include "verity/verity.h"
-
-#define TEST_SKIP 77
-
-#define CHECK(cond, ...)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);                         \
-            fprintf(stderr, __VA_ARGS__);                                                                    \
-            fprintf(stderr, "\n");                                                                           \
-            exit(1);                                                                                         \
-        }                                                                                                    \
-    } while (0)
 
 #define CHECK_OK(expr, err)                                                                                  \
     do {                                                                                                     \
         int check_ok_r = (expr);                                                                             \
-        CHECK(check_ok_r == 0, "%s returned %d: %s", #expr, check_ok_r, (err).message);                      \
+        REQUIRE(check_ok_r == 0, "%s returned %d: %s", #expr, check_ok_r, (err).message);                    \
     } while (0)
 
 static char test_dir[256];
@@ -53,7 +42,7 @@ static inline void test_setup(const char *name)
 {
     const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     snprintf(test_dir, sizeof(test_dir), "%s/vs-%s-XXXXXX", base, name);
-    CHECK(mkdtemp(test_dir) != NULL, "mkdtemp %s: %s", test_dir, strerror(errno));
+    REQUIRE(mkdtemp(test_dir) != NULL, "mkdtemp %s: %s", test_dir, strerror(errno));
     atexit(test_cleanup);
 }
 
@@ -78,7 +67,7 @@ static inline uint64_t test_rand(void)
 static inline uint8_t *test_data(uint64_t blocks, uint32_t dbs)
 {
     uint8_t *d = malloc(blocks * dbs);
-    CHECK(d, "out of memory");
+    REQUIRE(d, "out of memory");
     uint64_t *w = (uint64_t *)d;
     for (uint64_t i = 0; i < blocks * dbs / 8; i++)
         w[i] = test_rand();
@@ -96,23 +85,23 @@ static inline uint8_t *test_data(uint64_t blocks, uint32_t dbs)
 static inline void test_write_file(const char *path, const void *data, size_t len)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    CHECK(fd >= 0, "open %s: %s", path, strerror(errno));
-    CHECK(write(fd, data, len) == (ssize_t)len, "write %s", path);
+    REQUIRE(fd >= 0, "open %s: %s", path, strerror(errno));
+    REQUIRE(write(fd, data, len) == (ssize_t)len, "write %s", path);
     close(fd);
 }
 
 static inline uint8_t *test_read_file(const char *path, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    CHECK(fd >= 0, "open %s: %s", path, strerror(errno));
+    REQUIRE(fd >= 0, "open %s: %s", path, strerror(errno));
     struct stat st;
-    CHECK(fstat(fd, &st) == 0, "stat %s", path);
+    REQUIRE(fstat(fd, &st) == 0, "stat %s", path);
     uint8_t *buf = malloc((size_t)st.st_size + 1);
-    CHECK(buf, "out of memory");
+    REQUIRE(buf, "out of memory");
     size_t got = 0;
     while (got < (size_t)st.st_size) {
         ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-        CHECK(n > 0, "read %s", path);
+        REQUIRE(n > 0, "read %s", path);
         got += (size_t)n;
     }
     buf[got] = 0;
@@ -144,7 +133,7 @@ static inline int test_run(char *out, size_t cap, const char *fmt, ...)
     char full[16500];
     snprintf(full, sizeof(full), "(%s) 2>&1", cmd);
     FILE *p = popen(full, "r");
-    CHECK(p, "popen %s", cmd);
+    REQUIRE(p, "popen %s", cmd);
     size_t n = 0;
     if (out && cap)
         out[0] = 0;
@@ -176,11 +165,11 @@ static inline void test_uuid_string(const uint8_t u[16], char out[37])
 static inline void test_flip_byte(const char *path, uint64_t offset)
 {
     int fd = open(path, O_RDWR | O_CLOEXEC);
-    CHECK(fd >= 0, "open %s", path);
+    REQUIRE(fd >= 0, "open %s", path);
     uint8_t c;
-    CHECK(pread(fd, &c, 1, (off_t)offset) == 1, "pread %s at %llu", path, (unsigned long long)offset);
+    REQUIRE(pread(fd, &c, 1, (off_t)offset) == 1, "pread %s at %llu", path, (unsigned long long)offset);
     c ^= 0x5a;
-    CHECK(pwrite(fd, &c, 1, (off_t)offset) == 1, "pwrite %s", path);
+    REQUIRE(pwrite(fd, &c, 1, (off_t)offset) == 1, "pwrite %s", path);
     close(fd);
 }
 

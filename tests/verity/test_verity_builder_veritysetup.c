@@ -52,7 +52,7 @@ static void build(const struct tcase *t, const struct verity_params *p, const ui
 {
     struct vs_error err = {0};
     struct verity_builder *b = verity_builder_new(p, &err);
-    CHECK(b, "builder_new: %s", err.message);
+    REQUIRE(b, "builder_new: %s", err.message);
     verity_builder_set_hash_thread(b, hash_thread);
     uint64_t n = t->blocks;
     uint64_t *order = malloc(n * sizeof(*order));
@@ -87,7 +87,7 @@ static void build(const struct tcase *t, const struct verity_params *p, const ui
     free(order);
     test_write_file(path, data, n * t->dbs);
     int fd = open(path, O_RDWR | O_CLOEXEC);
-    CHECK(fd >= 0, "open %s", path);
+    REQUIRE(fd >= 0, "open %s", path);
     CHECK_OK(verity_builder_finish(b, n, n * t->dbs + t->gap, test_pwrite_fn, &fd, l, &err), err);
     close(fd);
     verity_builder_free(b);
@@ -116,8 +116,8 @@ static void run_case(int idx, const struct tcase *t)
     struct verity_layout l;
     build(t, &p, data, ours, idx % 2 == 0, &l);
     uint64_t hbs = t->hbs, want_offset = (t->blocks * t->dbs + t->gap + hbs - 1) / hbs * hbs;
-    CHECK(l.hash_offset == want_offset, "%s: hash offset %llu, want %llu", t->name,
-          (unsigned long long)l.hash_offset, (unsigned long long)want_offset);
+    REQUIRE(l.hash_offset == want_offset, "%s: hash offset %llu, want %llu", t->name,
+            (unsigned long long)l.hash_offset, (unsigned long long)want_offset);
 
     /* The oracle: veritysetup format over a copy of the data, same salt, offset and (with a superblock) UUID.
      */
@@ -133,47 +133,48 @@ static void run_case(int idx, const struct tcase *t)
                  "--root-hash-file=%s",
                  theirs, theirs, (unsigned long long)l.hash_offset, (unsigned long long)t->blocks, t->alg,
                  t->dbs, t->hbs, t->format, salt, t->superblock ? "" : "--no-superblock", uuid, rootfile);
-    CHECK(rc == 0, "%s: veritysetup format failed (%d): %s", t->name, rc, out);
+    REQUIRE(rc == 0, "%s: veritysetup format failed (%d): %s", t->name, rc, out);
     size_t rootlen, olen, tlen;
     char *root_hex = (char *)test_read_file(rootfile, &rootlen);
     char ours_hex[2 * VERITY_MAX_DIGEST + 1];
     vs_hex_encode(l.root_hash, l.digest_size, ours_hex);
-    CHECK(strcmp(root_hex, ours_hex) == 0, "%s: root hash %s, veritysetup %s", t->name, ours_hex, root_hex);
+    REQUIRE(strcmp(root_hex, ours_hex) == 0, "%s: root hash %s, veritysetup %s", t->name, ours_hex, root_hex);
     uint8_t *a = test_read_file(ours, &olen), *bb = test_read_file(theirs, &tlen);
-    CHECK(olen == tlen, "%s: our file is %zu bytes, veritysetup's %zu", t->name, olen, tlen);
-    CHECK(olen == l.file_size, "%s: file is %zu bytes, layout says %llu", t->name, olen,
-          (unsigned long long)l.file_size);
+    REQUIRE(olen == tlen, "%s: our file is %zu bytes, veritysetup's %zu", t->name, olen, tlen);
+    REQUIRE(olen == l.file_size, "%s: file is %zu bytes, layout says %llu", t->name, olen,
+            (unsigned long long)l.file_size);
     for (size_t i = 0; i < olen; i++)
-        CHECK(a[i] == bb[i], "%s: files differ first at byte %zu (hash area starts at %llu, tree at %llu)",
-              t->name, i, (unsigned long long)l.hash_offset, (unsigned long long)(l.hash_start_block * hbs));
+        REQUIRE(a[i] == bb[i], "%s: files differ first at byte %zu (hash area starts at %llu, tree at %llu)",
+                t->name, i, (unsigned long long)l.hash_offset,
+                (unsigned long long)(l.hash_start_block * hbs));
 
     /* veritysetup verify with the command line we generate. */
-    CHECK(verity_veritysetup_command(&l, ours, cmd, sizeof(cmd)) == 0, "command");
+    REQUIRE(verity_veritysetup_command(&l, ours, cmd, sizeof(cmd)) == 0, "command");
     rc = test_run(out, sizeof(out), "%s", cmd);
-    CHECK(rc == 0, "%s: `%s` failed (%d): %s", t->name, cmd, rc, out);
+    REQUIRE(rc == 0, "%s: `%s` failed (%d): %s", t->name, cmd, rc, out);
 
     /* Our verifier, and (with a superblock) veritysetup dump and our reader against the layout. */
     int fd = open(ours, O_RDONLY | O_CLOEXEC);
     struct verity_verify_report rep;
     CHECK_OK(verity_verify_fd(fd, &l, &rep, &err), err);
-    CHECK(!rep.bad && rep.data_blocks_checked == t->blocks && rep.hash_blocks_checked == l.tree_blocks,
-          "%s: report %llu data %llu hash", t->name, (unsigned long long)rep.data_blocks_checked,
-          (unsigned long long)rep.hash_blocks_checked);
+    REQUIRE(!rep.bad && rep.data_blocks_checked == t->blocks && rep.hash_blocks_checked == l.tree_blocks,
+            "%s: report %llu data %llu hash", t->name, (unsigned long long)rep.data_blocks_checked,
+            (unsigned long long)rep.hash_blocks_checked);
     if (t->superblock) {
         struct verity_layout r;
         CHECK_OK(verity_layout_read_superblock(fd, l.hash_offset, &r, &err), err);
-        CHECK(r.data_blocks == l.data_blocks && r.hash_start_block == l.hash_start_block &&
-                  r.tree_blocks == l.tree_blocks && r.file_size == l.file_size &&
-                  memcmp(r.uuid, l.uuid, 16) == 0 && memcmp(&r.params, &l.params, sizeof(r.params)) == 0,
-              "%s: superblock read back differs", t->name);
+        REQUIRE(r.data_blocks == l.data_blocks && r.hash_start_block == l.hash_start_block &&
+                    r.tree_blocks == l.tree_blocks && r.file_size == l.file_size &&
+                    memcmp(r.uuid, l.uuid, 16) == 0 && memcmp(&r.params, &l.params, sizeof(r.params)) == 0,
+                "%s: superblock read back differs", t->name);
         rc = test_run(out, sizeof(out), "veritysetup dump %s --hash-offset=%llu", ours,
                       (unsigned long long)l.hash_offset);
-        CHECK(rc == 0, "%s: veritysetup dump failed: %s", t->name, out);
+        REQUIRE(rc == 0, "%s: veritysetup dump failed: %s", t->name, out);
         char want[512];
         snprintf(want, sizeof(want), "UUID:            \t%s", uuid);
-        CHECK(strstr(out, want), "%s: dump lacks %s:\n%s", t->name, want, out);
+        REQUIRE(strstr(out, want), "%s: dump lacks %s:\n%s", t->name, want, out);
         snprintf(want, sizeof(want), "Hash blocks:     \t%llu", (unsigned long long)l.tree_blocks);
-        CHECK(strstr(out, want), "%s: dump lacks %s:\n%s", t->name, want, out);
+        REQUIRE(strstr(out, want), "%s: dump lacks %s:\n%s", t->name, want, out);
     }
     close(fd);
     printf("ok   %-34s root %.16s... tree %llu blocks at hash block %llu (hash thread %s)\n", t->name,
@@ -207,9 +208,9 @@ int main(void)
     uint8_t *data = test_data(q.blocks, q.dbs);
     struct verity_layout l;
     build(&q, &p, data, path, true, &l);
-    CHECK(verity_veritysetup_command(&l, path, cmd, sizeof(cmd)) == 0, "command");
+    REQUIRE(verity_veritysetup_command(&l, path, cmd, sizeof(cmd)) == 0, "command");
     int rc = test_run(out, sizeof(out), "%s", cmd);
-    CHECK(rc == 0, "`%s` failed (%d): %s", cmd, rc, out);
+    REQUIRE(rc == 0, "`%s` failed (%d): %s", cmd, rc, out);
     free(data);
     printf("ok   quoted file name in the veritysetup command\n");
     return 0;

@@ -57,7 +57,7 @@ static int read_block(const char *dev, uint64_t block, uint8_t *out)
     if (fd < 0)
         return -errno;
     void *buf;
-    CHECK(posix_memalign(&buf, BLOCK, BLOCK) == 0, "out of memory");
+    REQUIRE(posix_memalign(&buf, BLOCK, BLOCK) == 0, "out of memory");
     ssize_t n = pread(fd, buf, BLOCK, (off_t)(block * BLOCK));
     int r = n == BLOCK ? 0 : n < 0 ? -errno : -EIO;
     if (r == 0 && out)
@@ -75,12 +75,12 @@ static int read_all(const char *path, uint8_t **data, size_t *len)
         return -errno;
     size_t cap = 1 << 20, n = 0;
     uint8_t *buf = malloc(cap);
-    CHECK(buf, "out of memory");
+    REQUIRE(buf, "out of memory");
     for (;;) {
         if (n == cap) {
             cap *= 2;
             buf = realloc(buf, cap);
-            CHECK(buf, "out of memory");
+            REQUIRE(buf, "out of memory");
         }
         ssize_t got = read(fd, buf + n, cap - n);
         if (got < 0) {
@@ -109,10 +109,10 @@ static const char *dm_name_for(const char *dev)
 static void linear_create(const char *name, const char *over, uint64_t sectors)
 {
     struct dm_task *dmt = dm_task_create(DM_DEVICE_CREATE);
-    CHECK(dmt && dm_task_set_name(dmt, name), "dm task for %s", name);
+    REQUIRE(dmt && dm_task_set_name(dmt, name), "dm task for %s", name);
     char params[512];
     snprintf(params, sizeof(params), "%s 0", over);
-    CHECK(dm_task_add_target(dmt, 0, sectors, "linear", params) && dm_task_run(dmt), "creating %s", name);
+    REQUIRE(dm_task_add_target(dmt, 0, sectors, "linear", params) && dm_task_run(dmt), "creating %s", name);
     dm_task_destroy(dmt);
     dm_task_update_nodes();
 }
@@ -131,7 +131,7 @@ static bool dm_exists(const char *name)
 static void dm_remove(const char *name)
 {
     struct dm_task *dmt = dm_task_create(DM_DEVICE_REMOVE);
-    CHECK(dmt && dm_task_set_name(dmt, name) && dm_task_run(dmt), "removing %s", name);
+    REQUIRE(dmt && dm_task_set_name(dmt, name) && dm_task_run(dmt), "removing %s", name);
     dm_task_destroy(dmt);
     dm_task_update_nodes();
 }
@@ -150,8 +150,8 @@ static void build_layer(const char *src, const char *out, bool superblock, struc
     struct layer_file_result res;
     struct vs_error err = {0};
     CHECK_OK(layer_file_build_dir(src, out, &opts, &res, &err), err);
-    CHECK(res.verity && res.layout.params.superblock == superblock, "layer file %s has the asked layout",
-          out);
+    REQUIRE(res.verity && res.layout.params.superblock == superblock, "layer file %s has the asked layout",
+            out);
     *layout = res.layout;
 }
 
@@ -161,7 +161,7 @@ static uint64_t find_big(const char *file)
     size_t len;
     uint8_t *img = test_read_file(file, &len);
     uint8_t *at = memmem(img, len, big, BLOCK);
-    CHECK(at && (at - img) % BLOCK == 0, "big.bin not found block-aligned in %s", file);
+    REQUIRE(at && (at - img) % BLOCK == 0, "big.bin not found block-aligned in %s", file);
     uint64_t off = (uint64_t)(at - img);
     free(img);
     return off;
@@ -172,15 +172,15 @@ static void activate_ok(const char *name, const char *file, const struct verity_
 {
     struct vs_error err = {0};
     int r = verity_activate(name, file, l, dev, cap, &err);
-    CHECK(r == 0, "activate %s over %s: %d %s", name, file, r, err.message);
-    CHECK(access(dev, F_OK) == 0, "device node %s exists: %s", dev, strerror(errno));
+    REQUIRE(r == 0, "activate %s over %s: %d %s", name, file, r, err.message);
+    REQUIRE(access(dev, F_OK) == 0, "device node %s exists: %s", dev, strerror(errno));
 }
 
 static void deactivate_ok(const char *name)
 {
     struct vs_error err = {0};
     CHECK_OK(verity_deactivate(name, &err), err);
-    CHECK(!dm_exists(name), "%s gone after verity_deactivate", name);
+    REQUIRE(!dm_exists(name), "%s gone after verity_deactivate", name);
 }
 
 /* The device reads back as the layer file's data part (the kernel checked every block against the tree), and
@@ -191,28 +191,28 @@ static void check_reads(const char *dev, const char *file, const struct verity_l
     uint8_t *got, *want;
     size_t got_len, want_len;
     int r = read_all(dev, &got, &got_len);
-    CHECK(r == 0, "reading %s: %s", dev, strerror(-r));
+    REQUIRE(r == 0, "reading %s: %s", dev, strerror(-r));
     want = test_read_file(file, &want_len);
-    CHECK(got_len == l->data_blocks * BLOCK && memcmp(got, want, got_len) == 0,
-          "%s (%zu bytes) is the first %llu blocks of %s", dev, got_len, (unsigned long long)l->data_blocks,
-          file);
+    REQUIRE(got_len == l->data_blocks * BLOCK && memcmp(got, want, got_len) == 0,
+            "%s (%zu bytes) is the first %llu blocks of %s", dev, got_len, (unsigned long long)l->data_blocks,
+            file);
     free(got);
     free(want);
     if (!erofs)
         return;
-    CHECK(mount(dev, mnt, "erofs", MS_RDONLY, NULL) == 0, "mount %s (erofs): %s", dev, strerror(errno));
+    REQUIRE(mount(dev, mnt, "erofs", MS_RDONLY, NULL) == 0, "mount %s (erofs): %s", dev, strerror(errno));
     char path[600];
     snprintf(path, sizeof(path), "%s/big.bin", mnt);
     r = read_all(path, &got, &got_len);
-    CHECK(r == 0 && got_len == sizeof(big) && memcmp(got, big, sizeof(big)) == 0, "big.bin through %s: %s",
-          dev, strerror(-r));
+    REQUIRE(r == 0 && got_len == sizeof(big) && memcmp(got, big, sizeof(big)) == 0, "big.bin through %s: %s",
+            dev, strerror(-r));
     free(got);
     snprintf(path, sizeof(path), "%s/small.txt", mnt);
     r = read_all(path, &got, &got_len);
-    CHECK(r == 0 && got_len == strlen(small) && memcmp(got, small, got_len) == 0, "small.txt through %s",
-          dev);
+    REQUIRE(r == 0 && got_len == strlen(small) && memcmp(got, small, got_len) == 0, "small.txt through %s",
+            dev);
     free(got);
-    CHECK(umount(mnt) == 0, "umount %s: %s", mnt, strerror(errno));
+    REQUIRE(umount(mnt) == 0, "umount %s: %s", mnt, strerror(errno));
 }
 
 int main(void)
@@ -224,7 +224,7 @@ int main(void)
     test_path(nosb, sizeof(nosb), "layer-nosb.erofs");
     test_path(flipped, sizeof(flipped), "layer-flipped.erofs");
     test_path(mnt, sizeof(mnt), "mnt");
-    CHECK(mkdir(src, 0755) == 0 && mkdir(mnt, 0755) == 0, "mkdir: %s", strerror(errno));
+    REQUIRE(mkdir(src, 0755) == 0 && mkdir(mnt, 0755) == 0, "mkdir: %s", strerror(errno));
     for (size_t i = 0; i < sizeof(big); i++)
         big[i] = (uint8_t)test_rand();
     char f[600];
@@ -240,17 +240,17 @@ int main(void)
     const char *name = "vs-test-verity-device";
     if (!dm_present()) {
         int r = verity_activate(name, path, &l, dev, sizeof(dev), &err);
-        CHECK(r == -ENODEV && strstr(err.message, "device-mapper is not available in this kernel"),
-              "activate without dm: %d %s", r, err.message);
+        REQUIRE(r == -ENODEV && strstr(err.message, "device-mapper is not available in this kernel"),
+                "activate without dm: %d %s", r, err.message);
         printf("ok   activate: %s\n", err.message);
         r = verity_deactivate(name, &err);
-        CHECK(r == -ENODEV && strstr(err.message, "device-mapper is not available"), "deactivate: %d %s", r,
-              err.message);
+        REQUIRE(r == -ENODEV && strstr(err.message, "device-mapper is not available"), "deactivate: %d %s", r,
+                err.message);
         struct names n = {0};
         r = verity_list_devices("vs-", add_name, &n, &err);
-        CHECK(r == -ENODEV && n.count == 0, "list: %d %s", r, err.message);
+        REQUIRE(r == -ENODEV && n.count == 0, "list: %d %s", r, err.message);
         r = verity_remove_devices("vs-", &err);
-        CHECK(r == -ENODEV, "remove: %d %s", r, err.message);
+        REQUIRE(r == -ENODEV, "remove: %d %s", r, err.message);
         printf("ok   deactivate, list and remove refuse with -ENODEV\n");
         printf("note: device-mapper is not available here; activation itself was not exercised\n");
         return 0;
@@ -269,12 +269,13 @@ int main(void)
     printf("ok   activated %s (superblock, %llu data blocks): the device is the file's data part%s\n", dev,
            (unsigned long long)l.data_blocks, erofs ? ", its EROFS holds big.bin and small.txt" : "");
     int r = verity_activate(name, path, &l, dev2, sizeof(dev2), &err);
-    CHECK(r < 0, "activating an active name again must fail");
-    CHECK(read_block(dev, 0, NULL) == 0, "the first device still reads after the refused second activation");
+    REQUIRE(r < 0, "activating an active name again must fail");
+    REQUIRE(read_block(dev, 0, NULL) == 0,
+            "the first device still reads after the refused second activation");
     printf("ok   a second activation of %s is refused (%d: %s)\n", name, r, err.message);
     deactivate_ok(name);
     r = verity_deactivate(name, &err);
-    CHECK(r == -ENOENT, "deactivate twice: %d %s", r, err.message);
+    REQUIRE(r == -ENOENT, "deactivate twice: %d %s", r, err.message);
     printf("ok   removed; removing again: -ENOENT (%s)\n", err.message);
 
     activate_ok("vs-test-verity-nosb", nosb, &lnosb, dev, sizeof(dev));
@@ -293,29 +294,29 @@ int main(void)
     uint64_t bad = at / BLOCK + 1;
     uint8_t block[BLOCK];
     r = read_block(dev, bad, NULL);
-    CHECK(r == -EIO, "block %llu (flipped) must read EIO: %d", (unsigned long long)bad, r);
+    REQUIRE(r == -EIO, "block %llu (flipped) must read EIO: %d", (unsigned long long)bad, r);
     for (uint64_t b = 0; b < l.data_blocks; b++) {
         if (b == bad)
             continue;
         r = read_block(dev, b, block);
-        CHECK(r == 0 && memcmp(block, img + b * BLOCK, BLOCK) == 0, "block %llu of the flipped device: %d",
-              (unsigned long long)b, r);
+        REQUIRE(r == 0 && memcmp(block, img + b * BLOCK, BLOCK) == 0, "block %llu of the flipped device: %d",
+                (unsigned long long)b, r);
     }
     uint8_t *got;
     r = read_all(dev, &got, &len);
-    CHECK(r == -EIO, "reading the whole flipped device must fail with EIO: %d", r);
+    REQUIRE(r == -EIO, "reading the whole flipped device must fail with EIO: %d", r);
     if (erofs) {
-        CHECK(mount(dev, mnt, "erofs", MS_RDONLY, NULL) == 0, "mount the flipped device: %s",
-              strerror(errno));
+        REQUIRE(mount(dev, mnt, "erofs", MS_RDONLY, NULL) == 0, "mount the flipped device: %s",
+                strerror(errno));
         snprintf(f, sizeof(f), "%s/big.bin", mnt);
         r = read_all(f, &got, &len);
-        CHECK(r == -EIO, "big.bin on the flipped device must read EIO: %d", r);
+        REQUIRE(r == -EIO, "big.bin on the flipped device must read EIO: %d", r);
         snprintf(f, sizeof(f), "%s/small.txt", mnt);
         r = read_all(f, &got, &len);
-        CHECK(r == 0 && len == strlen(small) && memcmp(got, small, len) == 0, "small.txt stays intact: %d",
-              r);
+        REQUIRE(r == 0 && len == strlen(small) && memcmp(got, small, len) == 0, "small.txt stays intact: %d",
+                r);
         free(got);
-        CHECK(umount(mnt) == 0, "umount: %s", strerror(errno));
+        REQUIRE(umount(mnt) == 0, "umount: %s", strerror(errno));
     }
     deactivate_ok("vs-test-verity-flip");
     printf("ok   flipped byte in data block %llu: that block reads EIO, the other %llu verify%s\n",
@@ -330,25 +331,26 @@ int main(void)
     r = verity_activate("vs-test-verity-badroot", path, &wrong, dev, sizeof(dev), &err);
     if (r == 0) {
         int r0 = read_block(dev, 0, NULL), rl = read_block(dev, l.data_blocks - 1, NULL);
-        CHECK(r0 == -EIO && rl == -EIO, "a wrong root hash must make every read fail: first %d, last %d", r0,
-              rl);
+        REQUIRE(r0 == -EIO && rl == -EIO, "a wrong root hash must make every read fail: first %d, last %d",
+                r0, rl);
         if (erofs)
-            CHECK(mount(dev, mnt, "erofs", MS_RDONLY, NULL) < 0, "mounting with a wrong root hash must fail");
+            REQUIRE(mount(dev, mnt, "erofs", MS_RDONLY, NULL) < 0,
+                    "mounting with a wrong root hash must fail");
         deactivate_ok("vs-test-verity-badroot");
         printf("ok   wrong root hash: activated, but the first and last blocks read EIO%s\n",
                erofs ? " and the EROFS mount fails" : "");
     } else {
-        CHECK(!dm_exists("vs-test-verity-badroot"), "a refused activation leaves no device");
+        REQUIRE(!dm_exists("vs-test-verity-badroot"), "a refused activation leaves no device");
         printf("ok   wrong root hash: activation refused (%d: %s)\n", r, err.message);
     }
 
     /* A superblock that is not the layout: refused before the kernel sees it. */
     struct verity_layout other = l;
-    CHECK(other.params.salt_size > 0, "the default layout has a salt");
+    REQUIRE(other.params.salt_size > 0, "the default layout has a salt");
     other.params.salt[0] ^= 1;
     r = verity_activate("vs-test-verity-layout", path, &other, dev, sizeof(dev), &err);
-    CHECK(r == -EBADMSG && strstr(err.message, "superblock") && !dm_exists("vs-test-verity-layout"),
-          "a superblock that is not the layout: %d %s", r, err.message);
+    REQUIRE(r == -EBADMSG && strstr(err.message, "superblock") && !dm_exists("vs-test-verity-layout"),
+            "a superblock that is not the layout: %d %s", r, err.message);
     printf("ok   superblock not matching the layout: refused (%s)\n", err.message);
 
     /* Listing and removing by prefix: exactly the verity devices whose name starts with it. */
@@ -358,32 +360,32 @@ int main(void)
     activate_ok(b1, path, &l, dev2, sizeof(dev2));
     const char *linear = "vs-test-verity-a-linear";
     linear_create(linear, dev2, l.data_blocks * (BLOCK / 512));
-    CHECK(dm_exists(linear), "the linear device exists");
+    REQUIRE(dm_exists(linear), "the linear device exists");
     struct names n = {0};
     CHECK_OK(verity_list_devices("vs-test-verity-a", add_name, &n, &err), err);
-    CHECK(n.count == 2 && has_word(n.text, a1) && has_word(n.text, a2), "list vs-test-verity-a: [%s]",
-          n.text);
+    REQUIRE(n.count == 2 && has_word(n.text, a1) && has_word(n.text, a2), "list vs-test-verity-a: [%s]",
+            n.text);
     printf("ok   list vs-test-verity-a: [%s] (not %s, not the linear %s)\n", n.text, b1, linear);
     memset(&n, 0, sizeof(n));
     CHECK_OK(verity_list_devices("vs-test-verity-", add_name, &n, &err), err);
-    CHECK(n.count == 3 && has_word(n.text, b1), "list vs-test-verity-: [%s]", n.text);
+    REQUIRE(n.count == 3 && has_word(n.text, b1), "list vs-test-verity-: [%s]", n.text);
     memset(&n, 0, sizeof(n));
     CHECK_OK(verity_list_devices("vs-test-verity-zz", add_name, &n, &err), err);
-    CHECK(n.count == 0, "list vs-test-verity-zz: [%s]", n.text);
+    REQUIRE(n.count == 0, "list vs-test-verity-zz: [%s]", n.text);
     CHECK_OK(verity_remove_devices("vs-test-verity-a", &err), err);
-    CHECK(!dm_exists(a1) && !dm_exists(a2), "a1 and a2 removed");
-    CHECK(dm_exists(b1) && dm_exists(linear), "b1 and the linear device stay");
-    CHECK(read_block(dev2, 0, NULL) == 0, "b1 still reads");
+    REQUIRE(!dm_exists(a1) && !dm_exists(a2), "a1 and a2 removed");
+    REQUIRE(dm_exists(b1) && dm_exists(linear), "b1 and the linear device stay");
+    REQUIRE(read_block(dev2, 0, NULL) == 0, "b1 still reads");
     memset(&n, 0, sizeof(n));
     CHECK_OK(verity_list_devices("vs-test-verity-", add_name, &n, &err), err);
-    CHECK(n.count == 1 && !strcmp(n.text, b1), "after removing vs-test-verity-a*: [%s]", n.text);
+    REQUIRE(n.count == 1 && !strcmp(n.text, b1), "after removing vs-test-verity-a*: [%s]", n.text);
     printf("ok   remove vs-test-verity-a: removed a1 and a2, left [%s] and the linear device\n", n.text);
     dm_remove(linear);
     CHECK_OK(verity_remove_devices("vs-test-verity-", &err), err);
-    CHECK(!dm_exists(b1) && !dm_exists(dm_name_for(dev2)), "b1 removed");
+    REQUIRE(!dm_exists(b1) && !dm_exists(dm_name_for(dev2)), "b1 removed");
     memset(&n, 0, sizeof(n));
     CHECK_OK(verity_list_devices("vs-test-verity-", add_name, &n, &err), err);
-    CHECK(n.count == 0, "nothing left: [%s]", n.text);
+    REQUIRE(n.count == 0, "nothing left: [%s]", n.text);
     printf("ok   activated, read back, listed, removed (device-mapper in this kernel)\n");
     return 0;
 }

@@ -56,17 +56,17 @@ static int crypt_check(const char *file, const struct verity_layout *l, const ui
         if (r == 0) {
             /* What libcryptsetup read from our superblock must be the layout. */
             struct crypt_params_verity got;
-            CHECK(crypt_get_verity_info(cd, &got) == 0, "crypt_get_verity_info");
-            CHECK(strcmp(got.hash_name, l->params.hash_algorithm) == 0 && got.data_size == l->data_blocks &&
-                      got.data_block_size == l->params.data_block_size &&
-                      got.hash_block_size == l->params.hash_block_size && got.hash_type == l->params.format &&
-                      got.salt_size == l->params.salt_size &&
-                      memcmp(got.salt, l->params.salt, l->params.salt_size) == 0,
-                  "libcryptsetup read other parameters from our superblock");
+            REQUIRE(crypt_get_verity_info(cd, &got) == 0, "crypt_get_verity_info");
+            REQUIRE(strcmp(got.hash_name, l->params.hash_algorithm) == 0 && got.data_size == l->data_blocks &&
+                        got.data_block_size == l->params.data_block_size &&
+                        got.hash_block_size == l->params.hash_block_size &&
+                        got.hash_type == l->params.format && got.salt_size == l->params.salt_size &&
+                        memcmp(got.salt, l->params.salt, l->params.salt_size) == 0,
+                    "libcryptsetup read other parameters from our superblock");
             char uuid[37];
             test_uuid_string(l->uuid, uuid);
-            CHECK(crypt_get_uuid(cd) && strcmp(crypt_get_uuid(cd), uuid) == 0, "uuid %s, want %s",
-                  crypt_get_uuid(cd), uuid);
+            REQUIRE(crypt_get_uuid(cd) && strcmp(crypt_get_uuid(cd), uuid) == 0, "uuid %s, want %s",
+                    crypt_get_uuid(cd), uuid);
         }
     } else {
         r = crypt_format(cd, CRYPT_VERITY, NULL, NULL, NULL, NULL, 0, &p);
@@ -96,7 +96,7 @@ int main(void)
         p.superblock = t->superblock;
         struct vs_error err = {0};
         struct verity_builder *b = verity_builder_new(&p, &err);
-        CHECK(b, "%s", err.message);
+        REQUIRE(b, "%s", err.message);
         uint8_t *data = test_data(t->blocks, t->dbs);
         for (uint64_t i = t->blocks; i-- > 0;)
             CHECK_OK(verity_builder_add_block(b, i, data + i * t->dbs, &err), err);
@@ -108,15 +108,15 @@ int main(void)
         verity_builder_free(b);
 
         int r = crypt_check(path, &l, l.root_hash);
-        CHECK(r == 0, "%s: libcryptsetup CHECK_HASH refused our file: %d", t->name, r);
+        REQUIRE(r == 0, "%s: libcryptsetup CHECK_HASH refused our file: %d", t->name, r);
         uint8_t wrong[VERITY_MAX_DIGEST];
         memcpy(wrong, l.root_hash, l.digest_size);
         wrong[l.digest_size - 1] ^= 1;
         r = crypt_check(path, &l, wrong);
-        CHECK(r < 0, "%s: libcryptsetup accepted a wrong root hash", t->name);
+        REQUIRE(r < 0, "%s: libcryptsetup accepted a wrong root hash", t->name);
         test_flip_byte(path, (t->blocks - 1) * t->dbs + 7);
         r = crypt_check(path, &l, l.root_hash);
-        CHECK(r < 0, "%s: libcryptsetup accepted a tampered data block", t->name);
+        REQUIRE(r < 0, "%s: libcryptsetup accepted a tampered data block", t->name);
         printf("ok   %-34s accepted; wrong root and tampered data refused\n", t->name);
         free(data);
     }

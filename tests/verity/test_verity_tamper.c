@@ -62,15 +62,15 @@ static void expect_bad(const struct image *im, const char *what, const uint64_t 
     struct vs_error err = {0};
     int r = verity_verify_fd(fd, &im->l, &rep, &err);
     close(fd);
-    CHECK(r == -EBADMSG, "%s: verity_verify_fd returned %d (%s)", what, r, err.message);
-    CHECK(rep.bad && rep.bad_in_tree == in_tree && rep.bad_block == block,
-          "%s: report bad=%d in_tree=%d block=%llu, want in_tree=%d block=%llu (%s)", what, rep.bad,
-          rep.bad_in_tree, (unsigned long long)rep.bad_block, in_tree, (unsigned long long)block,
-          err.message);
+    REQUIRE(r == -EBADMSG, "%s: verity_verify_fd returned %d (%s)", what, r, err.message);
+    REQUIRE(rep.bad && rep.bad_in_tree == in_tree && rep.bad_block == block,
+            "%s: report bad=%d in_tree=%d block=%llu, want in_tree=%d block=%llu (%s)", what, rep.bad,
+            rep.bad_in_tree, (unsigned long long)rep.bad_block, in_tree, (unsigned long long)block,
+            err.message);
     if (have_veritysetup) {
-        CHECK(verity_veritysetup_command(&im->l, path, cmd, sizeof(cmd)) == 0, "command");
+        REQUIRE(verity_veritysetup_command(&im->l, path, cmd, sizeof(cmd)) == 0, "command");
         int rc = test_run(out, sizeof(out), "%s", cmd);
-        CHECK(rc != 0, "%s: veritysetup verify accepted the tampered file", what);
+        REQUIRE(rc != 0, "%s: veritysetup verify accepted the tampered file", what);
         char *nl = strchr(out, '\n');
         if (nl)
             *nl = 0;
@@ -94,8 +94,8 @@ int main(void)
     struct image im;
     make_image(&im, "sb.img", 300, true);
     uint64_t hbs = 4096, top = im.l.hash_start_block, l0 = im.level0_start;
-    CHECK(top * hbs == im.l.hash_offset + hbs && l0 == top + 1, "geometry: top %llu level0 %llu",
-          (unsigned long long)top, (unsigned long long)l0);
+    REQUIRE(top * hbs == im.l.hash_offset + hbs && l0 == top + 1, "geometry: top %llu level0 %llu",
+            (unsigned long long)top, (unsigned long long)l0);
     {
         struct vs_error err = {0};
         struct verity_verify_report rep;
@@ -133,14 +133,14 @@ int main(void)
         char path[600];
         snprintf(path, sizeof(path), "%s.short", im.path);
         copy_file(im.path, path);
-        CHECK(truncate(path, (off_t)(im.size - 100)) == 0, "truncate");
+        REQUIRE(truncate(path, (off_t)(im.size - 100)) == 0, "truncate");
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         struct verity_verify_report rep;
         struct vs_error err = {0};
         int r = verity_verify_fd(fd, &im.l, &rep, &err);
         close(fd);
-        CHECK(r == -EBADMSG && rep.bad && rep.bad_in_tree && rep.bad_block == l0 + 2, "truncated: %d %s", r,
-              err.message);
+        REQUIRE(r == -EBADMSG && rep.bad && rep.bad_in_tree && rep.bad_block == l0 + 2, "truncated: %d %s", r,
+                err.message);
         printf("ok   %-40s -> %s\n", "truncated file", err.message);
     }
 

@@ -36,21 +36,21 @@ static void check_vector(const char *dir, const char *name, bool have_veritysetu
     struct vs_error err = {0};
     struct verity_layout l;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    CHECK(fd >= 0, "open %s", path);
+    REQUIRE(fd >= 0, "open %s", path);
     CHECK_OK(verity_layout_read_tardev(fd, &l, &err), err);
-    CHECK(l.params.data_block_size == 4096 && l.params.hash_block_size == 4096 && !l.params.superblock &&
-              l.params.format == 1 && l.params.salt_size == 32 &&
-              strcmp(l.params.hash_algorithm, "sha256") == 0,
-          "%s: parameters", name);
-    CHECK(l.hash_offset == l.data_blocks * 4096 && l.hash_start_block == l.data_blocks &&
-              l.file_size + VERITY_TARDEV_TRAILER_SIZE == size,
-          "%s: geometry", name);
-    CHECK(vs_hex_decode(root_hex, l.root_hash, sizeof(l.root_hash)) == 32, "%s: roothash file", name);
+    REQUIRE(l.params.data_block_size == 4096 && l.params.hash_block_size == 4096 && !l.params.superblock &&
+                l.params.format == 1 && l.params.salt_size == 32 &&
+                strcmp(l.params.hash_algorithm, "sha256") == 0,
+            "%s: parameters", name);
+    REQUIRE(l.hash_offset == l.data_blocks * 4096 && l.hash_start_block == l.data_blocks &&
+                l.file_size + VERITY_TARDEV_TRAILER_SIZE == size,
+            "%s: geometry", name);
+    REQUIRE(vs_hex_decode(root_hex, l.root_hash, sizeof(l.root_hash)) == 32, "%s: roothash file", name);
 
     struct verity_verify_report rep;
     CHECK_OK(verity_verify_fd(fd, &l, &rep, &err), err);
-    CHECK(rep.data_blocks_checked == l.data_blocks && rep.hash_blocks_checked == l.tree_blocks, "%s: counts",
-          name);
+    REQUIRE(rep.data_blocks_checked == l.data_blocks && rep.hash_blocks_checked == l.tree_blocks,
+            "%s: counts", name);
     close(fd);
 
     /* Rebuild from the data part. */
@@ -58,7 +58,7 @@ static void check_vector(const char *dir, const char *name, bool have_veritysetu
     verity_params_default(&p);
     p.superblock = false;
     struct verity_builder *b = verity_builder_new(&p, &err);
-    CHECK(b, "%s", err.message);
+    REQUIRE(b, "%s", err.message);
     for (uint64_t i = l.data_blocks; i-- > 0;)
         CHECK_OK(verity_builder_add_block(b, i, file + i * 4096, &err), err);
     struct mem_sink sink = {.base = l.hash_offset, .len = l.tree_blocks * 4096};
@@ -69,18 +69,19 @@ static void check_vector(const char *dir, const char *name, bool have_veritysetu
     verity_builder_free(b);
     char built_hex[65];
     vs_hex_encode(built.root_hash, 32, built_hex);
-    CHECK(strcmp(built_hex, root_hex) == 0, "%s: rebuilt root %s, vector %s", name, built_hex, root_hex);
-    CHECK(built.tree_blocks == l.tree_blocks && built.file_size == l.file_size, "%s: rebuilt geometry", name);
-    CHECK(memcmp(sink.buf, file + l.hash_offset, sink.len) == 0, "%s: rebuilt tree bytes differ", name);
+    REQUIRE(strcmp(built_hex, root_hex) == 0, "%s: rebuilt root %s, vector %s", name, built_hex, root_hex);
+    REQUIRE(built.tree_blocks == l.tree_blocks && built.file_size == l.file_size, "%s: rebuilt geometry",
+            name);
+    REQUIRE(memcmp(sink.buf, file + l.hash_offset, sink.len) == 0, "%s: rebuilt tree bytes differ", name);
     uint8_t trailer[VERITY_TARDEV_TRAILER_SIZE];
     verity_tardev_trailer(&built, trailer);
-    CHECK(memcmp(trailer, file + size - VERITY_TARDEV_TRAILER_SIZE, sizeof(trailer)) == 0,
-          "%s: trailer differs", name);
+    REQUIRE(memcmp(trailer, file + size - VERITY_TARDEV_TRAILER_SIZE, sizeof(trailer)) == 0,
+            "%s: trailer differs", name);
 
     if (have_veritysetup) {
-        CHECK(verity_veritysetup_command(&l, path, cmd, sizeof(cmd)) == 0, "command");
+        REQUIRE(verity_veritysetup_command(&l, path, cmd, sizeof(cmd)) == 0, "command");
         int rc = test_run(out, sizeof(out), "%s", cmd);
-        CHECK(rc == 0, "%s: `%s` failed: %s", name, cmd, out);
+        REQUIRE(rc == 0, "%s: `%s` failed: %s", name, cmd, out);
     }
     printf("ok   %-12s %llu data blocks, %llu tree blocks, root %s\n", name,
            (unsigned long long)l.data_blocks, (unsigned long long)l.tree_blocks, root_hex);
@@ -115,7 +116,7 @@ int main(void)
         }
     }
     closedir(d);
-    CHECK(count > 0, "no .tarfs vectors in %s", dir);
+    REQUIRE(count > 0, "no .tarfs vectors in %s", dir);
 
     /* A trailer that disagrees with the file size is refused. */
     test_setup("verity-tardev");
@@ -130,7 +131,7 @@ int main(void)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct vs_error err = {0};
     int r = verity_layout_read_tardev(fd, &l, &err);
-    CHECK(r == -EBADMSG, "inconsistent trailer accepted: %d", r);
+    REQUIRE(r == -EBADMSG, "inconsistent trailer accepted: %d", r);
     printf("ok   inconsistent trailer refused: %s\n", err.message);
     close(fd);
     free(buf);

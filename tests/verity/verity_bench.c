@@ -61,7 +61,7 @@ int main(int argc, char **argv)
     char path[512];
     snprintf(path, sizeof(path), "%s/verity-bench-%d.img", dir, (int)getpid());
     uint8_t *data = malloc(blocks * 4096);
-    CHECK(data, "out of memory");
+    REQUIRE(data, "out of memory");
     for (uint64_t i = 0; i < blocks * 512; i++)
         ((uint64_t *)data)[i] = test_rand();
     test_write_file(path, data, blocks * 4096);
