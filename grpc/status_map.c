@@ -15,11 +15,13 @@ static const struct {
     {-EBADMSG, GRPC_STATUS_INVALID_ARGUMENT},      /* bad layer content */
     {-ENAMETOOLONG, GRPC_STATUS_INVALID_ARGUMENT}, /* bad input as vs_error_is_bad_input counts it */
     {-EILSEQ, GRPC_STATUS_INVALID_ARGUMENT},
-    {-EFBIG, GRPC_STATUS_INVALID_ARGUMENT}, /* a layer that expands beyond max_layer_size */
+    {-EFBIG, GRPC_STATUS_INVALID_ARGUMENT},     /* a layer that expands beyond max_layer_size */
     {-EBUSY, GRPC_STATUS_FAILED_PRECONDITION},  /* e.g. "cannot remove snapshot with child" */
     {-ENODEV, GRPC_STATUS_FAILED_PRECONDITION}, /* a kernel feature the node lacks (verity = "require") */
     {-ENOTSUP, GRPC_STATUS_UNIMPLEMENTED},
     {-ECANCELED, GRPC_STATUS_CANCELLED},
+    {-ENOSPC, GRPC_STATUS_RESOURCE_EXHAUSTED}, /* the state root's disk is full */
+    {-EDQUOT, GRPC_STATUS_RESOURCE_EXHAUSTED},
 };
 
 grpc_status_code vs_grpc_status_from_code(int code)

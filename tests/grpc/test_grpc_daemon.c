@@ -1029,6 +1029,49 @@ int main(int argc, char **argv)
     CHECK(lstat(sock, &st) != 0, "the socket is still there after SIGTERM");
     close(nfd);
 
+    /* 4c. Disk full: a Commit whose layer file does not fit fails with RESOURCE_EXHAUSTED naming the cause,
+     * commits nothing and leaves no partial file; once space is freed the same Commit succeeds. The state
+     * root is a 40 MiB tmpfs; the snapshot holds 24 MiB that does not compress, so its layer file cannot fit
+     * beside it. */
+    char small_root[512], small_sock[600];
+    path_in_tmp(small_root, sizeof(small_root), "small-root");
+    FMT(small_sock, "%s/vs-small.sock", run_dir);
+    mkdir(small_root, 0700);
+    char mount_cmd[1200];
+    FMT(mount_cmd, "mount -t tmpfs -o size=40m vs-test-full '%s'", small_root);
+    REQUIRE(system(mount_cmd) == 0, "mounting a small tmpfs at %s", small_root);
+    pid_t df = start_daemon("daemon-full", "--config", empty_cfg, "--root", small_root, "--address",
+                            small_sock, "--verity", "off", NULL);
+    REQUIRE(wait_serving(df, small_sock), "the daemon did not come up on %s", small_sock);
+    client_open(small_sock);
+    if (prepare_with_data("full", 24, 7)) {
+        EXPECT_STATUS(commit("full-committed", "full", NULL, NULL), GRPC_STATUS_RESOURCE_EXHAUSTED);
+        CHECK(strstr(last_details, "No space left on device") && strstr(last_details, "full"),
+              "the disk-full error does not name the snapshot and the cause: %s", last_details);
+        SNAP(StatSnapshotResponse) *sr = NULL;
+        EXPECT_STATUS(stat_key("full", &sr), GRPC_STATUS_OK);
+        CHECK(sr && sr->info && sr->info->kind == CONTAINERD__SERVICES__SNAPSHOTS__V1__KIND__ACTIVE,
+              "the snapshot is no longer active after a failed Commit");
+        if (sr)
+            protobuf_c_message_free_unpacked(&sr->base, NULL);
+        EXPECT_STATUS(stat_key("full-committed", NULL), GRPC_STATUS_NOT_FOUND);
+        char check_cmd[1300];
+        FMT(check_cmd, "test -z \"$(ls -A '%s/layers' '%s/tmp' 2>/dev/null | grep -v ':$' | grep .)\"",
+            small_root, small_root);
+        CHECK(system(check_cmd) == 0, "a failed Commit left files in %s/layers or %s/tmp", small_root,
+              small_root);
+        /* Free the space (the data file goes), then the same Commit goes through. */
+        FMT(check_cmd, "find '%s/snapshots' -name data -type f -delete", small_root);
+        CHECK(system(check_cmd) == 0, "removing the data file");
+        EXPECT_STATUS(commit("full-committed", "full", NULL, NULL), GRPC_STATUS_OK);
+        EXPECT_STATUS(stat_key("full-committed", NULL), GRPC_STATUS_OK);
+    }
+    client_close();
+    kill(df, SIGTERM);
+    CHECK(wait_exit(df) == 0, "daemon-full: SIGTERM exit not 0");
+    FMT(mount_cmd, "umount -R '%s' || umount -l '%s'", small_root, small_root);
+    CHECK(system(mount_cmd) == 0, "unmounting %s", small_root);
+
     /* 5. A path that is not a socket is never replaced. */
     write_file(sock, "not a socket\n");
     pid_t d4 = start_daemon("daemon4", "--config", empty_cfg, "--root", root, "--address", sock, "--verity",
