@@ -104,13 +104,18 @@ int verity_activate(const char *name, const char *file, const struct verity_layo
              !got.hash_name || strcmp(got.hash_name, l.params.hash_algorithm) != 0 ||
              got.salt_size != l.params.salt_size ||
              (got.salt_size && memcmp(got.salt, l.params.salt, got.salt_size)))) {
+            char got_salt[2 * VERITY_MAX_SALT + 1] = "", want_salt[2 * VERITY_MAX_SALT + 1] = "";
+            if (got.salt_size <= VERITY_MAX_SALT)
+                vs_hex_encode((const uint8_t *)got.salt, got.salt_size, got_salt);
+            vs_hex_encode(l.params.salt, l.params.salt_size, want_salt);
             r = vs_fail(
                 err, -EBADMSG,
-                "verity device %s: the superblock of %s at offset %llu (%llu blocks of %u, %s) is not the "
-                "layout's (%llu blocks of %u, %s)",
+                "verity device %s: the superblock of %s at offset %llu (%llu blocks of %u/%u, %s, format "
+                "%u, salt '%s') is not the layout's (%llu blocks of %u/%u, %s, format %u, salt '%s')",
                 name, file, (unsigned long long)l.hash_offset, (unsigned long long)got.data_size,
-                got.data_block_size, got.hash_name ? got.hash_name : "?", (unsigned long long)l.data_blocks,
-                l.params.data_block_size, l.params.hash_algorithm);
+                got.data_block_size, got.hash_block_size, got.hash_name ? got.hash_name : "?", got.hash_type,
+                got_salt, (unsigned long long)l.data_blocks, l.params.data_block_size,
+                l.params.hash_block_size, l.params.hash_algorithm, l.params.format, want_salt);
             crypt_free(cd);
             return r;
         }
