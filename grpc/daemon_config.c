@@ -31,11 +31,19 @@ static const char default_text[] =
     "# debug, info, warn or error. Logs go to stderr, one logfmt line per event.\n"
     "log_level = \"info\"\n"
     "\n"
-    "# Bytes one layer's image may grow to while it is converted; a layer that expands beyond it (a sparse file,\n"
+    "# Bytes one layer's image may grow to while it is converted; a layer that expands beyond it (a sparse "
+    "file,\n"
     "# a decompression bomb) is refused before it fills the disk. 0 means no limit.\n"
     "max_layer_size = 0\n"
     "\n"
-    "# The layer-src-prefix kata-tardev mounts name (the directory the guest finds layer files under); \"\" means\n"
+    "# Bytes that conversions must leave free on the state root's file system: a layer that would eat into "
+    "them is\n"
+    "# refused (RESOURCE_EXHAUSTED) and leaves nothing, so pulls never fill the node's disk. 0 means no "
+    "reserve.\n"
+    "min_free_space = 1073741824\n"
+    "\n"
+    "# The layer-src-prefix kata-tardev mounts name (the directory the guest finds layer files under); \"\" "
+    "means\n"
     "# <root>/layers. AKS policies made by genpolicy expect\n"
     "# /var/lib/containerd/io.containerd.snapshotter.v1.tardev/layers: see docs/kata.md.\n"
     "tardev_layer_src_prefix = \"\"\n"
@@ -49,8 +57,10 @@ static const char default_text[] =
     "root's\n"
     "# group); its directory is created with mode 0711.\n"
     "# dialect: the mounts returned for container root filesystems: \"host\" (runc; plugin key veritysnap),\n"
-    "# \"kata-erofs\" (Kata runtime-rs with containerd 2.2+; veritysnap-kata, /run/veritysnap/kata-erofs.sock) or\n"
-    "# \"kata-tardev\" (AKS's Kata; veritysnap-tardev, /run/veritysnap/kata-tardev.sock). All sockets share one\n"
+    "# \"kata-erofs\" (Kata runtime-rs with containerd 2.2+; veritysnap-kata, "
+    "/run/veritysnap/kata-erofs.sock) or\n"
+    "# \"kata-tardev\" (AKS's Kata; veritysnap-tardev, /run/veritysnap/kata-tardev.sock). All sockets share "
+    "one\n"
     "# store; layer unpacking always gets host mounts. See docs/kata.md.\n"
     "[[listen]]\n"
     "address = \"" VS_DEFAULT_SOCKET "\"\n"
@@ -122,6 +132,7 @@ int vs_daemon_config_default(struct vs_daemon_config *config, struct vs_error *e
 {
     memset(config, 0, sizeof(*config));
     config->verity = SNAPSHOTTER_VERITY_REQUIRE;
+    config->min_free_space = VS_DEFAULT_MIN_FREE_SPACE;
     config->listen = calloc(1, sizeof(*config->listen));
     if (!config->listen)
         return vs_fail(err, -ENOMEM, "out of memory");
@@ -174,7 +185,8 @@ static int load_listen(const struct vs_toml_table *t, struct vs_daemon_listen *l
         return r;
     if (snapshot_dialect_parse(l->dialect, &dialect) < 0)
         return vs_toml_fail(t, "dialect", err, -EINVAL,
-                            "dialect must be \"host\", \"kata-erofs\" or \"kata-tardev\", not \"%s\"", l->dialect);
+                            "dialect must be \"host\", \"kata-erofs\" or \"kata-tardev\", not \"%s\"",
+                            l->dialect);
     const char *path = l->address;
     if (strncmp(path, "unix://", 7) == 0)
         path += 7;
@@ -206,8 +218,10 @@ int vs_daemon_config_load(struct vs_daemon_config *config, const char *path, boo
     if (!doc)
         return err->code;
     const struct vs_toml_table *root = vs_toml_root(doc);
-    static const char *const allowed[] = {"root",           "verity", "containerd_address",      "log_level",
-                                          "listen",         "max_layer_size", "tardev_layer_src_prefix", NULL};
+    static const char *const allowed[] = {
+        "root",   "verity",         "containerd_address",      "log_level",
+        "listen", "max_layer_size", "tardev_layer_src_prefix", "min_free_space",
+        NULL};
     int r = vs_toml_unknown_keys(root, allowed, err);
     if (r < 0)
         goto out;
@@ -226,9 +240,19 @@ int vs_daemon_config_load(struct vs_daemon_config *config, const char *path, boo
     int64_t max_layer_size;
     r = vs_toml_get_int(root, "max_layer_size", &max_layer_size, err);
     if (r == 0 && max_layer_size < 0)
-        r = vs_toml_fail(root, "max_layer_size", err, -EINVAL, "max_layer_size must be 0 (no limit) or positive");
+        r = vs_toml_fail(root, "max_layer_size", err, -EINVAL,
+                         "max_layer_size must be 0 (no limit) or positive");
     if (r == 0)
         config->max_layer_size = (uint64_t)max_layer_size;
+    else if (r != -ENOENT)
+        goto out;
+    int64_t min_free;
+    r = vs_toml_get_int(root, "min_free_space", &min_free, err);
+    if (r == 0 && min_free < 0)
+        r = vs_toml_fail(root, "min_free_space", err, -EINVAL,
+                         "min_free_space must be 0 (no reserve) or positive");
+    if (r == 0)
+        config->min_free_space = (uint64_t)min_free;
     else if (r != -ENOENT)
         goto out;
     if ((r = get_string(root, "tardev_layer_src_prefix", &config->tardev_layer_src_prefix, err)) < 0 ||

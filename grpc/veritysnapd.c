@@ -36,7 +36,8 @@ static void usage(FILE *out)
             "  --root DIR             state root (default " VS_DEFAULT_ROOT ")\n"
             "  --address SOCK         serve one socket at SOCK instead of the configured [[listen]] tables\n"
             "  --verity MODE          require, auto or off: dm-verity on host mounts (default require)\n"
-            "  --containerd-address SOCK  containerd's socket, to read layer blobs from its content store (default\n"
+            "  --containerd-address SOCK  containerd's socket, to read layer blobs from its content store "
+            "(default\n"
             "                         " VS_DEFAULT_CONTAINERD_ADDRESS "; \"\" turns the blob path off)\n"
             "  --log-level LEVEL      debug, info, warn or error (default info)\n"
             "  --print-default-config print the commented default configuration and exit\n"
@@ -171,8 +172,9 @@ static int apply_flags(struct vs_daemon_config *config, const struct flags *f, s
 
 /* The signals are blocked in every thread (the mask is inherited by gRPC's and the workers' threads) and read
  * from a signalfd by the main thread alone. */
-/* Tells the service manager (systemd's Type=notify, or anything speaking its datagram protocol) how the daemon
- * stands: READY=1 once every socket serves, STOPPING=1 at shutdown. Without NOTIFY_SOCKET it does nothing. */
+/* Tells the service manager (systemd's Type=notify, or anything speaking its datagram protocol) how the
+ * daemon stands: READY=1 once every socket serves, STOPPING=1 at shutdown. Without NOTIFY_SOCKET it does
+ * nothing. */
 static void notify_service_manager(const char *state)
 {
     const char *addr = getenv("NOTIFY_SOCKET");
@@ -190,8 +192,8 @@ static void notify_service_manager(const char *state)
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0 || sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa,
                          (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
-        vs_log(VS_LOG_WARN, "cannot notify the service manager", "notify_socket", addr, "error", strerror(errno),
-               NULL);
+        vs_log(VS_LOG_WARN, "cannot notify the service manager", "notify_socket", addr, "error",
+               strerror(errno), NULL);
     if (fd >= 0)
         close(fd);
 }
@@ -252,6 +254,7 @@ int main(int argc, char **argv)
     layer_file_options_default(&sc.layer);
     sc.layer.tarfs.max_image_size = config.max_layer_size;
     sc.tardev_layer_prefix = config.tardev_layer_src_prefix;
+    sc.layer.min_free_bytes = config.min_free_space;
     struct snapshotter *snap = NULL;
     struct vs_grpc_server **servers = calloc(config.listen_count, sizeof(*servers));
     int status = 1;
@@ -275,8 +278,8 @@ int main(int argc, char **argv)
     }
     if (config.containerd_address && config.containerd_address[0]) {
         if (cd_client_new(config.containerd_address, &containerd, &err) < 0) {
-            vs_log(VS_LOG_ERROR, "containerd client", "address", config.containerd_address, "error", err.message,
-                   NULL);
+            vs_log(VS_LOG_ERROR, "containerd client", "address", config.containerd_address, "error",
+                   err.message, NULL);
             goto out;
         }
         cd_client_content_source(containerd, &content);

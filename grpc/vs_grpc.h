@@ -55,6 +55,7 @@ void vs_grpc_server_stop(struct vs_grpc_server *srv);
 
 #define VS_DEFAULT_CONFIG_PATH "/etc/veritysnap/config.toml"
 #define VS_DEFAULT_ROOT "/var/lib/veritysnap"
+#define VS_DEFAULT_MIN_FREE_SPACE (UINT64_C(1) << 30) /* bytes conversions leave free on the state root */
 #define VS_DEFAULT_SOCKET "/run/veritysnap/veritysnap.sock"
 #define VS_DEFAULT_CONTAINERD_ADDRESS "/run/containerd/containerd.sock"
 
@@ -68,9 +69,10 @@ struct vs_daemon_config {
     char *root;
     enum snapshotter_verity_mode verity;
     char *containerd_address;
-    char *log_level;                 /* error, warn, info, debug */
-    uint64_t max_layer_size;         /* bytes a layer file's image may grow to; 0: no limit */
-    char *tardev_layer_src_prefix;   /* kata-tardev layer-src-prefix; "": <root>/layers (docs/kata.md) */
+    char *log_level;               /* error, warn, info, debug */
+    uint64_t max_layer_size;       /* bytes a layer file's image may grow to; 0: no limit */
+    char *tardev_layer_src_prefix; /* kata-tardev layer-src-prefix; "": <root>/layers (docs/kata.md) */
+    uint64_t min_free_space;       /* bytes conversions leave free on the state root's file system; 0: none */
     struct vs_daemon_listen *listen; /* at least one */
     size_t listen_count;
 };

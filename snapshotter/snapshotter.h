@@ -14,6 +14,10 @@ struct layer_file_options {
     bool verity; /* append a dm-verity tree (tarfs format: always, with tardev's parameters) */
     struct verity_params params; /* for erofs; tarfs uses sha256, 4096/4096, zero salt, no superblock */
     bool sidecar;                /* write <file>.dmverity next to the layer file */
+    /* Bytes that must stay free on the layer file's file system: a conversion that would leave less stops
+     * with -ENOSPC (checked every few MiB), so a huge or hostile layer cannot fill the node's disk. 0: no
+     * reserve. */
+    uint64_t min_free_bytes;
 };
 
 struct layer_file_result {

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1040,7 +1041,11 @@ int main(int argc, char **argv)
     char mount_cmd[1200];
     FMT(mount_cmd, "mount -t tmpfs -o size=40m vs-test-full '%s'", small_root);
     REQUIRE(system(mount_cmd) == 0, "mounting a small tmpfs at %s", small_root);
-    pid_t df = start_daemon("daemon-full", "--config", empty_cfg, "--root", small_root, "--address",
+    /* No reserve first (min_free_space = 0): the real ENOSPC. */
+    char full_cfg[512];
+    path_in_tmp(full_cfg, sizeof(full_cfg), "full.toml");
+    write_file(full_cfg, "min_free_space = 0\n");
+    pid_t df = start_daemon("daemon-full", "--config", full_cfg, "--root", small_root, "--address",
                             small_sock, "--verity", "off", NULL);
     REQUIRE(wait_serving(df, small_sock), "the daemon did not come up on %s", small_sock);
     client_open(small_sock);
@@ -1069,6 +1074,33 @@ int main(int argc, char **argv)
     client_close();
     kill(df, SIGTERM);
     CHECK(wait_exit(df) == 0, "daemon-full: SIGTERM exit not 0");
+    /* With a 20 MiB reserve: a 12 MiB snapshot fits the disk but its layer file would eat into the reserve,
+     * so the Commit is refused (RESOURCE_EXHAUSTED naming min_free_space) while the disk still has room, and
+     * leaves nothing. */
+    write_file(full_cfg, "min_free_space = 20971520\n");
+    df = start_daemon("daemon-reserve", "--config", full_cfg, "--root", small_root, "--address", small_sock,
+                      "--verity", "off", NULL);
+    REQUIRE(wait_serving(df, small_sock), "the daemon did not come up on %s", small_sock);
+    client_open(small_sock);
+    if (prepare_with_data("reserve", 12, 8)) {
+        EXPECT_STATUS(commit("reserve-committed", "reserve", NULL, NULL), GRPC_STATUS_RESOURCE_EXHAUSTED);
+        CHECK(strstr(last_details, "min_free_space") && strstr(last_details, "reserve"),
+              "the refusal does not name the reserve and the snapshot: %s", last_details);
+        EXPECT_STATUS(stat_key("reserve-committed", NULL), GRPC_STATUS_NOT_FOUND);
+        struct statvfs vfs;
+        CHECK(statvfs(small_root, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize > (12u << 20),
+              "the refused conversion left its bytes on the disk");
+        char left_cmd[1300];
+        FMT(left_cmd,
+            "test -z \"$(ls -A '%s/tmp' 2>/dev/null)\" && test -z \"$(ls -A '%s/layers' | grep -v "
+            "'^[0-9]')\"",
+            small_root, small_root);
+        CHECK(system(left_cmd) == 0, "the refused conversion left files in %s", small_root);
+        EXPECT_STATUS(key_only(METHOD("Remove"), "reserve"), GRPC_STATUS_OK);
+    }
+    client_close();
+    kill(df, SIGTERM);
+    CHECK(wait_exit(df) == 0, "daemon-reserve: SIGTERM exit not 0");
     FMT(mount_cmd, "umount -R '%s' || umount -l '%s'", small_root, small_root);
     CHECK(system(mount_cmd) == 0, "unmounting %s", small_root);
 

@@ -92,7 +92,8 @@ static void test_config(void)
     CHECK(load_text(vs_daemon_config_default_text(), &c, &err) == 0, "default text: %s", err.message);
     CHECK(strcmp(c.root, VS_DEFAULT_ROOT) == 0 && c.verity == SNAPSHOTTER_VERITY_REQUIRE &&
               c.listen_count == 1 && strcmp(c.listen[0].address, VS_DEFAULT_SOCKET) == 0 &&
-              c.max_layer_size == 0 && strcmp(c.tardev_layer_src_prefix, "") == 0,
+              c.max_layer_size == 0 && strcmp(c.tardev_layer_src_prefix, "") == 0 &&
+              c.min_free_space == VS_DEFAULT_MIN_FREE_SPACE,
           "default text differs from the defaults");
     vs_daemon_config_free(&c);
 
@@ -100,6 +101,7 @@ static void test_config(void)
     CHECK(load_text(
               "root = \"/srv/vs\"\nverity = \"auto\"\ncontainerd_address = \"/x/c.sock\"\n"
               "max_layer_size = 68719476736\n"
+              "min_free_space = 0\n"
               "tardev_layer_src_prefix = \"/var/lib/containerd/io.containerd.snapshotter.v1.tardev/layers\"\n"
               "log_level = \"debug\"\n[[listen]]\naddress = \"/r/a.sock\"\ngroup = \"kvm\"\n"
               "[[listen]]\naddress = \"unix:///r/b.sock\"\ngroup = 107\n",
@@ -107,7 +109,7 @@ static void test_config(void)
           "%s", err.message);
     CHECK(strcmp(c.root, "/srv/vs") == 0 && c.verity == SNAPSHOTTER_VERITY_AUTO &&
               strcmp(c.containerd_address, "/x/c.sock") == 0 && strcmp(c.log_level, "debug") == 0 &&
-              c.max_layer_size == 68719476736ull &&
+              c.max_layer_size == 68719476736ull && c.min_free_space == 0 &&
               strcmp(c.tardev_layer_src_prefix,
                      "/var/lib/containerd/io.containerd.snapshotter.v1.tardev/layers") == 0,
           "top-level keys");
@@ -124,6 +126,8 @@ static void test_config(void)
     expect_error("verity = \"sometimes\"\n", ":1");
     expect_error("log_level = \"loud\"\n", ":1");
     expect_error("max_layer_size = -1\n", ":1");
+    expect_error("min_free_space = -5\n", ":1");
+    expect_error("min_free_space = \"1G\"\n", ":1");
     expect_error("max_layer_size = \"64G\"\n", ":1");
     expect_error("root = \"relative/dir\"\n", ":1");
     expect_error("log_level = \"info\"\ntardev_layer_src_prefix = \"layers\"\n", ":2");
