@@ -163,6 +163,22 @@ static int get_string(const struct vs_toml_table *t, const char *key, char **slo
     return set_string(slot, value, err);
 }
 
+/* A byte count: a non-negative integer (0 means zero_means); a missing key leaves *out as it is. */
+static int get_byte_count(const struct vs_toml_table *t, const char *key, const char *zero_means,
+                          uint64_t *out, struct vs_error *err)
+{
+    int64_t v;
+    int r = vs_toml_get_int(t, key, &v, err);
+    if (r == -ENOENT)
+        return 0;
+    if (r == 0 && v < 0)
+        r = vs_toml_fail(t, key, err, -EINVAL, "%s must be 0 (%s) or a positive number of bytes", key,
+                         zero_means);
+    if (r == 0)
+        *out = (uint64_t)v;
+    return r;
+}
+
 static int check_absolute(const struct vs_toml_table *t, const char *key, const char *value,
                           struct vs_error *err)
 {
@@ -237,23 +253,8 @@ int vs_daemon_config_load(struct vs_daemon_config *config, const char *path, boo
         goto out;
     if ((r = get_string(root, "containerd_address", &config->containerd_address, err)) < 0)
         goto out;
-    int64_t max_layer_size;
-    r = vs_toml_get_int(root, "max_layer_size", &max_layer_size, err);
-    if (r == 0 && max_layer_size < 0)
-        r = vs_toml_fail(root, "max_layer_size", err, -EINVAL,
-                         "max_layer_size must be 0 (no limit) or positive");
-    if (r == 0)
-        config->max_layer_size = (uint64_t)max_layer_size;
-    else if (r != -ENOENT)
-        goto out;
-    int64_t min_free;
-    r = vs_toml_get_int(root, "min_free_space", &min_free, err);
-    if (r == 0 && min_free < 0)
-        r = vs_toml_fail(root, "min_free_space", err, -EINVAL,
-                         "min_free_space must be 0 (no reserve) or positive");
-    if (r == 0)
-        config->min_free_space = (uint64_t)min_free;
-    else if (r != -ENOENT)
+    if ((r = get_byte_count(root, "max_layer_size", "no limit", &config->max_layer_size, err)) < 0 ||
+        (r = get_byte_count(root, "min_free_space", "no reserve", &config->min_free_space, err)) < 0)
         goto out;
     if ((r = get_string(root, "tardev_layer_src_prefix", &config->tardev_layer_src_prefix, err)) < 0 ||
         (config->tardev_layer_src_prefix[0] &&

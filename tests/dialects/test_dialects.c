@@ -22,6 +22,7 @@
 #include "common/vs_error.h"
 #include "snapshotter/snapshotter.h"
 #include "tests/lib/vs_test.h"
+#include "tests/lib/vs_test_mounts.h"
 
 static const struct snapshot_call host = {
     .namespace_name = "t", .rpc = "t", .dialect = SNAPSHOT_DIALECT_HOST};
@@ -41,14 +42,6 @@ static const struct snapshot_call ktardev = {
 #define H2 "8298e88dce61b333d6c06d20df1b566301d66df06501e26e74683cb580503242"
 
 static char root[200], work[160];
-
-static const char *opt_value(const struct snapshot_mount *m, const char *prefix)
-{
-    for (size_t i = 0; i < m->option_count; i++)
-        if (strncmp(m->options[i], prefix, strlen(prefix)) == 0)
-            return m->options[i] + strlen(prefix);
-    return NULL;
-}
 
 static void dump(const char *what, const struct snapshot_mounts *ms)
 {
@@ -75,8 +68,8 @@ static void make_layer(struct snapshotter *s, const struct snapshot_call *call, 
     for (size_t i = 0; i < ms.count; i++) {
         if (strcmp(ms.items[i].type, "bind") == 0)
             upper = ms.items[i].source;
-        else if (opt_value(&ms.items[i], "upperdir="))
-            upper = opt_value(&ms.items[i], "upperdir=");
+        else if (vs_test_option_value(&ms.items[i], "upperdir="))
+            upper = vs_test_option_value(&ms.items[i], "upperdir=");
     }
     CHECK(upper != NULL, "no upper dir in the mounts of %s", key);
     if (upper)
@@ -376,7 +369,8 @@ static void test_all(bool host_mounts)
             snprintf(key, sizeof(key), "t/%d/extract-%d sha256:33", 20 + i, i);
             rc = snapshotter_prepare(s, calls[i], key, KEY2, NULL, 0, &ms, &err);
             CHECK(rc == 0 && ms.count == 1 && strcmp(ms.items[0].type, "overlay") == 0 &&
-                      opt_value(&ms.items[0], "upperdir=") && opt_value(&ms.items[0], "lowerdir="),
+                      vs_test_option_value(&ms.items[0], "upperdir=") &&
+                      vs_test_option_value(&ms.items[0], "lowerdir="),
                   "extract key on %s: %s", snapshot_dialect_name(calls[i]->dialect), err.message);
             snapshot_mounts_free(&ms);
             CHECK(snapshotter_remove(s, calls[i], key, &err) == 0, "remove %s: %s", key, err.message);
@@ -390,7 +384,8 @@ static void test_all(bool host_mounts)
             for (int call_mounts = 0; call_mounts < 2; call_mounts++) {
                 rc = call_mounts ? snapshotter_mounts(s, calls[i], key, &ms, &err)
                                  : snapshotter_view(s, calls[i], key, KEY2, NULL, 0, &ms, &err);
-                const char *lower = rc == 0 && ms.count == 1 ? opt_value(&ms.items[0], "lowerdir=") : NULL;
+                const char *lower =
+                    rc == 0 && ms.count == 1 ? vs_test_option_value(&ms.items[0], "lowerdir=") : NULL;
                 CHECK(rc == 0 && ms.count == 1 && strcmp(ms.items[0].type, "overlay") == 0 && lower &&
                           !strstr(lower, "{{") && strchr(lower, ':'),
                       "differ view on %s (%s): %s", snapshot_dialect_name(calls[i]->dialect),

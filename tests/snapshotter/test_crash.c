@@ -34,6 +34,7 @@
 #include "common/vs_log.h"
 #include "snapshotter/snapshotter.h"
 #include "tests/lib/vs_test.h"
+#include "tests/lib/vs_test_mounts.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define DEFAULT_ROUNDS 16 /* the sanitizer builds run 3-10x slower */
@@ -311,59 +312,17 @@ static void sleep_ns(int64_t ns)
         ;
 }
 
-static bool has_option(const struct snapshot_mount *m, const char *opt)
-{
-    for (size_t i = 0; i < m->option_count; i++)
-        if (strcmp(m->options[i], opt) == 0)
-            return true;
-    return false;
-}
-
-static const char *option_value(const struct snapshot_mount *m, const char *prefix)
-{
-    for (size_t i = 0; i < m->option_count; i++)
-        if (strncmp(m->options[i], prefix, strlen(prefix)) == 0)
-            return m->options[i] + strlen(prefix);
-    return NULL;
-}
-
 /* The writable dir of an active snapshot's mounts: the bind source, or the overlay's upperdir. */
 static bool writable_dir(const struct snapshot_mounts *ms, char *out, size_t cap)
 {
     if (ms->count != 1)
         return false;
     const struct snapshot_mount *m = &ms->items[0];
-    const char *dir = strcmp(m->type, "bind") == 0 ? m->source : option_value(m, "upperdir=");
+    const char *dir = strcmp(m->type, "bind") == 0 ? m->source : vs_test_option_value(m, "upperdir=");
     if (!dir)
         return false;
     snprintf(out, cap, "%s", dir);
     return true;
-}
-
-/* Mounts what the API returned the way containerd's mount.All does (bind, then a read-only remount). */
-static int mount_all(const struct snapshot_mounts *ms, const char *dir)
-{
-    for (size_t i = 0; i < ms->count; i++) {
-        const struct snapshot_mount *m = &ms->items[i];
-        bool ro = has_option(m, "ro");
-        if (strcmp(m->type, "bind") == 0) {
-            if (mount(m->source, dir, NULL, MS_BIND | MS_REC, NULL) < 0)
-                return -errno;
-            if (ro && mount(NULL, dir, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) < 0)
-                return -errno;
-            continue;
-        }
-        char data[8192] = "";
-        size_t n = 0;
-        for (size_t j = 0; j < m->option_count; j++) {
-            if (!strcmp(m->options[j], "ro") || !strcmp(m->options[j], "rw"))
-                continue;
-            n += (size_t)snprintf(data + n, sizeof(data) - n, "%s%s", n ? "," : "", m->options[j]);
-        }
-        if (mount(m->source, dir, m->type, ro ? MS_RDONLY : 0, data) < 0)
-            return -errno;
-    }
-    return 0;
 }
 
 /* Mount points under prefix, from /proc/self/mountinfo (fstype in types[i] when types is not NULL). */
@@ -1126,7 +1085,7 @@ static void check_content(struct snapshotter *s, struct seen_list *l)
         CHECK(rc == 0, "view '%s' over '%s': %d %s", vkey, e->name, rc, err.message);
         if (rc < 0)
             continue;
-        rc = mount_all(&ms, target);
+        rc = vs_test_mount_all(&ms, target);
         CHECK(rc == 0, "mounting view '%s' over '%s': %s", vkey, e->name, strerror(-rc));
         if (rc == 0) {
             bool ok = check_files(target, seq, what, sizeof(what));

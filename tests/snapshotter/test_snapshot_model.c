@@ -19,6 +19,7 @@
 /* A failed REQUIRE ends the test function it is in; the others still run. */
 #define VS_TEST_REQUIRE_FAILED() return
 #include "tests/lib/vs_test.h"
+#include "tests/lib/vs_test_mounts.h"
 
 static const struct snapshot_call call = {.namespace_name = "test", .rpc = "test"};
 static char base_dir[256];
@@ -43,48 +44,6 @@ static bool exists(const char *dir, const char *name)
     struct stat st;
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     return lstat(path, &st) == 0;
-}
-
-static bool has_option(const struct snapshot_mount *m, const char *opt)
-{
-    for (size_t i = 0; i < m->option_count; i++)
-        if (strcmp(m->options[i], opt) == 0)
-            return true;
-    return false;
-}
-
-static const char *option_value(const struct snapshot_mount *m, const char *prefix)
-{
-    for (size_t i = 0; i < m->option_count; i++)
-        if (strncmp(m->options[i], prefix, strlen(prefix)) == 0)
-            return m->options[i] + strlen(prefix);
-    return NULL;
-}
-
-/* Mounts what the API returned the way containerd's mount.All does (bind, then a read-only remount). */
-static int mount_all(const struct snapshot_mounts *ms, const char *target)
-{
-    for (size_t i = 0; i < ms->count; i++) {
-        const struct snapshot_mount *m = &ms->items[i];
-        bool ro = has_option(m, "ro");
-        if (strcmp(m->type, "bind") == 0) {
-            if (mount(m->source, target, NULL, MS_BIND | MS_REC, NULL) < 0)
-                return -errno;
-            if (ro && mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) < 0)
-                return -errno;
-            continue;
-        }
-        char data[8192] = "";
-        size_t n = 0;
-        for (size_t j = 0; j < m->option_count; j++) {
-            if (!strcmp(m->options[j], "ro") || !strcmp(m->options[j], "rw"))
-                continue;
-            n += (size_t)snprintf(data + n, sizeof(data) - n, "%s%s", n ? "," : "", m->options[j]);
-        }
-        if (mount(m->source, target, m->type, ro ? MS_RDONLY : 0, data) < 0)
-            return -errno;
-    }
-    return 0;
 }
 
 static int count_mounts_under(const char *prefix)
@@ -222,10 +181,11 @@ static void sequence(void)
     REQUIRE(rc == 0, "prepare base: %s", err.message);
     REQUIRE(ms.count == 1 && !strcmp(ms.items[0].type, "bind"), "base: one bind mount, got %s",
             ms.count ? ms.items[0].type : "none");
-    CHECK(has_option(&ms.items[0], "rw") && has_option(&ms.items[0], "rbind"), "base: rw rbind");
+    CHECK(vs_test_has_option(&ms.items[0], "rw") && vs_test_has_option(&ms.items[0], "rbind"),
+          "base: rw rbind");
     char t1[512];
     make_target("t1", t1, sizeof(t1));
-    REQUIRE(mount_all(&ms, t1) == 0, "mounting base: %s", strerror(errno));
+    REQUIRE(vs_test_mount_all(&ms, t1) == 0, "mounting base: %s", strerror(errno));
     struct stat st;
     CHECK(stat(t1, &st) == 0 && (st.st_mode & 07777) == 0755, "base root mode 0%o", st.st_mode & 07777);
     vs_test_write_file(t1, "foo", "foo\n");
@@ -259,14 +219,14 @@ static void sequence(void)
     rc = snapshotter_prepare(s, &call, "child", "base-c", gc, 1, &ms, &err);
     REQUIRE(rc == 0, "prepare child: %s", err.message);
     REQUIRE(ms.count == 1 && !strcmp(ms.items[0].type, "overlay"), "child: one overlay mount");
-    const char *lower = option_value(&ms.items[0], "lowerdir=");
+    const char *lower = vs_test_option_value(&ms.items[0], "lowerdir=");
     CHECK(lower && !strchr(lower, ':') && strstr(lower, "/mnt/"), "child: one lowerdir under mnt/: %s",
           lower ? lower : "(none)");
-    CHECK(option_value(&ms.items[0], "upperdir=") && option_value(&ms.items[0], "workdir="),
+    CHECK(vs_test_option_value(&ms.items[0], "upperdir=") && vs_test_option_value(&ms.items[0], "workdir="),
           "child: upper+work");
     char t2[512];
     make_target("t2", t2, sizeof(t2));
-    REQUIRE(mount_all(&ms, t2) == 0, "mounting child: %s", strerror(errno));
+    REQUIRE(vs_test_mount_all(&ms, t2) == 0, "mounting child: %s", strerror(errno));
     char *c = read_file(t2, "foo");
     CHECK(c && !strcmp(c, "foo\n"), "child sees base's foo: %s", c ? c : "(missing)");
     CHECK(stat(t2, &st) == 0 && (st.st_mode & 07777) == 0755, "child root mode 0%o", st.st_mode & 07777);
@@ -299,12 +259,12 @@ static void sequence(void)
     rc = snapshotter_view(s, &call, "top", "child-c", NULL, 0, &ms, &err);
     REQUIRE(rc == 0, "view top: %s", err.message);
     REQUIRE(ms.count == 1 && !strcmp(ms.items[0].type, "overlay"), "top: overlay");
-    CHECK(!option_value(&ms.items[0], "upperdir="), "top: no upperdir");
-    lower = option_value(&ms.items[0], "lowerdir=");
+    CHECK(!vs_test_option_value(&ms.items[0], "upperdir="), "top: no upperdir");
+    lower = vs_test_option_value(&ms.items[0], "lowerdir=");
     CHECK(lower && strchr(lower, ':'), "top: two lowerdirs: %s", lower ? lower : "(none)");
     char t3[512];
     make_target("t3", t3, sizeof(t3));
-    REQUIRE(mount_all(&ms, t3) == 0, "mounting top: %s", strerror(errno));
+    REQUIRE(vs_test_mount_all(&ms, t3) == 0, "mounting top: %s", strerror(errno));
     c = read_file(t3, "foo");
     CHECK(c && !strcmp(c, "bar\n"), "top: foo rewritten: %s", c ? c : "(missing)");
     c = read_file(t3, "bar");
@@ -322,11 +282,11 @@ static void sequence(void)
     /* View of one layer: a read-only bind of its host mount. */
     rc = snapshotter_view(s, &call, "v1", "base-c", NULL, 0, &ms, &err);
     REQUIRE(rc == 0, "view v1: %s", err.message);
-    CHECK(ms.count == 1 && !strcmp(ms.items[0].type, "bind") && has_option(&ms.items[0], "ro"),
+    CHECK(ms.count == 1 && !strcmp(ms.items[0].type, "bind") && vs_test_has_option(&ms.items[0], "ro"),
           "v1: ro bind");
     char t4[512];
     make_target("t4", t4, sizeof(t4));
-    CHECK(mount_all(&ms, t4) == 0, "mounting v1: %s", strerror(errno));
+    CHECK(vs_test_mount_all(&ms, t4) == 0, "mounting v1: %s", strerror(errno));
     c = read_file(t4, "gone");
     CHECK(c && !strcmp(c, "x\n"), "v1 sees base's gone");
     snprintf(p, sizeof(p), "%s/new", t4);
@@ -339,7 +299,8 @@ static void sequence(void)
 
     /* A view with no parent, an active with no parent (for Walk). */
     rc = snapshotter_view(s, &call, "v-np", "", NULL, 0, &ms, &err);
-    CHECK(rc == 0 && ms.count == 1 && !strcmp(ms.items[0].type, "bind") && has_option(&ms.items[0], "ro"),
+    CHECK(rc == 0 && ms.count == 1 && !strcmp(ms.items[0].type, "bind") &&
+              vs_test_has_option(&ms.items[0], "ro"),
           "view without parent: ro bind: %s", err.message);
     snapshot_mounts_free(&ms);
     struct snapshot_label l2[] = {{"l", "2"}};
@@ -433,7 +394,7 @@ static void sequence(void)
     /* A failed conversion leaves the active snapshot and no files. */
     rc = snapshotter_prepare(s, &call, "broken", "base-c", NULL, 0, &ms, &err);
     REQUIRE(rc == 0, "prepare broken: %s", err.message);
-    const char *upper = option_value(&ms.items[0], "upperdir=");
+    const char *upper = vs_test_option_value(&ms.items[0], "upperdir=");
     char upper_copy[600];
     snprintf(upper_copy, sizeof(upper_copy), "%s", upper ? upper : "");
     snapshot_mounts_free(&ms);
@@ -462,7 +423,7 @@ static void sequence(void)
     rc = snapshotter_mounts(s, &call, "top", &ms, &err);
     CHECK(rc == 0, "mounts top after reopen: %s", err.message);
     if (rc == 0) {
-        CHECK(mount_all(&ms, t3) == 0, "mounting top after reopen");
+        CHECK(vs_test_mount_all(&ms, t3) == 0, "mounting top after reopen");
         c = read_file(t3, "a/b/new");
         CHECK(c && !strcmp(c, "new\n"), "top after reopen");
         umount2(t3, MNT_DETACH);
