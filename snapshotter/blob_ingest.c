@@ -790,7 +790,9 @@ int blob_ingest_prepare(struct snapshotter *s, const struct snapshot_call *call,
 int blob_ingest_commit(struct snapshotter *s, const char *key, const char *name, int64_t snapshot_id,
                        int64_t parent_id, const struct snapshot_label *labels, size_t label_count,
                        const char *out_path, const struct layer_file_options *opts,
-                       struct layer_file_result *res, struct blob_commit_source *src, struct vs_error *err)
+                       struct layer_file_result *res, const char *tarfs_path,
+                       struct layer_file_result *tarfs_res, struct blob_commit_source *src,
+                       struct vs_error *err)
 {
     memset(src, 0, sizeof(*src));
     struct blob_ingest *b = s->blob;
@@ -845,7 +847,7 @@ int blob_ingest_commit(struct snapshotter *s, const char *key, const char *name,
             "key", key, "namespace", ns, "digest", digest, "error", ierr.message, NULL);
         return 1;
     }
-    rc = convert_blob(s, ns, digest, size, out_path, opts, res, NULL, NULL, err);
+    rc = convert_blob(s, ns, digest, size, out_path, opts, res, tarfs_path, tarfs_res, err);
     char diff_id[80] = "", computed[80] = "";
     if (rc == 0) {
         vs_digest_format(res->image.diff_id, diff_id);
@@ -863,6 +865,8 @@ int blob_ingest_commit(struct snapshotter *s, const char *key, const char *name,
             snprintf(side, sizeof(side), "%s.dmverity", out_path);
             unlink(out_path);
             unlink(side);
+            if (tarfs_path)
+                unlink(tarfs_path);
         }
     }
     if (rc < 0)

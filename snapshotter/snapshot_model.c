@@ -806,7 +806,6 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
                        const char *key, const struct snapshot_label *labels, size_t label_count,
                        struct vs_error *err)
 {
-    (void)call;
     if (!name || !name[0] || !key || !key[0])
         return vs_fail(err, -EINVAL, "commit of '%s' as '%s': the key and the name must not be empty",
                        key ? key : "", name ? name : "");
@@ -833,7 +832,11 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     }
 
     /* Convert outside the lock: Stat, List and other commits go on meanwhile. */
-    char tmpdir[PATH_MAX], tmpfile[PATH_MAX + 16] = "", upper[PATH_MAX];
+    char tmpdir[PATH_MAX], tmpfile[PATH_MAX + 16] = "", tarfs_file[PATH_MAX + 16] = "", upper[PATH_MAX];
+    /* On a kata-tardev socket a layer from its blob also gets its tarfs form, from the same read. */
+    bool with_tarfs = call && call->dialect == SNAPSHOT_DIALECT_KATA_TARDEV;
+    struct layer_file_result tarfs_res;
+    memset(&tarfs_res, 0, sizeof(tarfs_res));
     snprintf(tmpdir, sizeof(tmpdir), "%s/tmp/commit-%lld-XXXXXX", s->root, (long long)row.id);
     snap_dir(s, row.id, "fs", upper, sizeof(upper));
     struct layer_file_result res;
@@ -847,9 +850,11 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
         tmpdir[0] = '\0';
     } else {
         snprintf(tmpfile, sizeof(tmpfile), "%s/layer", tmpdir);
+        if (with_tarfs)
+            snprintf(tarfs_file, sizeof(tarfs_file), "%s/layer.tarfs", tmpdir);
         /* Prepared with the layer digest label and the blob fetched since: the reproducible blob source. */
         rc = blob_ingest_commit(s, key, name, row.id, row.parent_id, labels, label_count, tmpfile, &opts,
-                                &res, &blob_src, err);
+                                &res, with_tarfs ? tarfs_file : NULL, &tarfs_res, &blob_src, err);
         if (rc == 1) {
             rc = layer_file_build_dir(upper, tmpfile, &opts, &res, err);
             if (rc < 0)
@@ -947,10 +952,22 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
         host_layers_sync(s, NULL); /* the active snapshot's parents may not be needed any more */
     }
     pthread_mutex_unlock(&s->lock);
+    if (rc == 0)
+        blob_ingest_count(s, blob_src.blob, "erofs", name, root_hex);
+    if (rc == 0 && with_tarfs && blob_src.blob) {
+        /* The erofs form is committed and right whatever happens here; a failure leaves the tarfs form to the
+         * next kata-tardev call, which builds it from the blob. */
+        struct vs_error terr = {0};
+        if (snapshotter_layer_install_tarfs(s, name, tarfs_file, &tarfs_res, blob_src.blob_digest,
+                                            blob_src.diff_id, &terr) == 0)
+            blob_ingest_count(s, true, "tarfs", name, NULL);
+        else
+            vs_log(VS_LOG_WARN, "commit: the tarfs form built beside the erofs form was not recorded", "key",
+                   name, "error", terr.message, NULL);
+    }
     if (tmpdir[0])
         snap_remove_tree(tmpdir, NULL);
     if (rc == 0) {
-        blob_ingest_count(s, blob_src.blob, "erofs", name, root_hex);
         char dir[PATH_MAX];
         snap_dir(s, row.id, NULL, dir, sizeof(dir));
         struct vs_error e = {0};

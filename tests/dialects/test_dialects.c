@@ -611,7 +611,30 @@ static void test_blob_tardev(void)
     CHECK(rc == -EBUSY && strstr(err.message, "cri.layer-digest"), "blob gone: %d %s", rc, err.message);
     snapshot_mounts_free(&ms);
 
-    const char *order[] = {"t/10/ctr", keys[2], keys[1], keys[0]};
+    /* 5. CRI order on the kata-tardev socket: Prepare with the labels before the blob is fetched (the
+     * directory path), then the blob arrives and Commit converts it: both forms from one read. */
+    char tar4[400], d4[80], key4[300], name4[300];
+    make_tar("b4.tar", "b4.txt", "blob four\n");
+    snprintf(tar4, sizeof(tar4), "%s/b4.tar", work);
+    digest_of_file(tar4, d4);
+    snprintf(key4, sizeof(key4), "t/30/extract-4 %s", d4);
+    snprintf(name4, sizeof(name4), "t/31/%s", d4);
+    content_digests[3] = d4;
+    struct snapshot_label l4[2] = {{SNAPSHOT_LABEL_REF, d4}, {SNAPSHOT_LABEL_LAYER_DIGEST, d4}};
+    rc = snapshotter_prepare(s, &ktardev, key4, "", l4, 2, &ms, &err);
+    CHECK(rc == 0, "prepare before the blob is fetched: %d %s", rc, err.message);
+    snapshot_mounts_free(&ms);
+    char cmd4[1200];
+    snprintf(cmd4, sizeof(cmd4), "cp '%s' '%s/%s'", tar4, nsdir, d4 + 7);
+    CHECK(system(cmd4) == 0, "%s", cmd4);
+    rc = snapshotter_commit(s, &ktardev, name4, key4, l4, 1, &err);
+    CHECK(rc == 0, "commit from the blob on kata-tardev: %s", err.message);
+    if (rc == 0)
+        check_tarfs_file(broot, d4, tar4);
+    CHECK(content_opens[3] == 1, "layer 4's blob read %d times at Commit, want 1 (erofs and tarfs at once)",
+          content_opens[3]);
+
+    const char *order[] = {"t/10/ctr", name4, keys[2], keys[1], keys[0]};
     for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++)
         CHECK(snapshotter_remove(s, &host, order[i], &err) == 0, "remove %s: %s", order[i], err.message);
     CHECK(snapshotter_cleanup(s, &host, &err) == 0, "cleanup: %s", err.message);
