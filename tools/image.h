@@ -95,11 +95,14 @@ struct registry_options {
 int image_source_registry_open(const char *reference, const struct registry_options *opts,
                                struct image_source **out, struct vs_error *err);
 
-/* Basic credentials (base64 of user:password) for host into *basic (NULL: anonymous), found as docker does in
- * $DOCKER_CONFIG/config.json or ~/.docker/config.json (credHelpers[host], else credsStore: the helper
- * docker-credential-<name> is run; else auths), and when that has nothing, in podman's containers auth.json
- * ($REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json). authfile (not NULL) replaces them. */
-int registry_credentials_find(const char *host, const char *authfile, char **basic, struct vs_error *err);
+/* Credentials for host, found as docker does in $DOCKER_CONFIG/config.json or ~/.docker/config.json
+ * (credHelpers[host], else credsStore: the helper docker-credential-<name> is run; else auths), and when that
+ * has nothing, in podman's containers auth.json ($REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/
+ * auth.json); authfile (not NULL) replaces them. At most one of *basic (base64 of user:password) and
+ * *identity_token (an OAuth2 refresh token: auths' identitytoken, a helper's Username "<token>") is set; both
+ * NULL: anonymous. The caller wipes and frees them. */
+int registry_credentials_find(const char *host, const char *authfile, char **basic, char **identity_token,
+                              struct vs_error *err);
 
 /* base64(username:password), or NULL when out of memory. */
 char *registry_basic_credentials(const char *username, const char *password);

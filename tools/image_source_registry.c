@@ -1,7 +1,8 @@
 /* The registry image source: the OCI distribution API over libcurl (manifests and blobs, redirects followed
  * but never from https to http), bearer-token and basic auth, retries with backoff, blobs resumed by Range
- * after a cut. Credentials go into request headers only: never printed, never logged (no CURLOPT_VERBOSE),
- * wiped when the source is freed. */
+ * after a cut. An identity token is traded for bearer tokens by the OAuth2 refresh-token grant (a form POST
+ * to the realm), as the distribution token spec and docker do; passwords use its GET. Credentials go into
+ * request headers only: never printed, never logged (no CURLOPT_VERBOSE), wiped when the source is freed. */
 #include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -27,7 +28,8 @@ struct registry_source {
     char *digest; /* or NULL */
     char *scheme;
     char *ca_file;
-    char *basic; /* base64(user:password), or NULL */
+    char *basic;          /* base64(user:password), or NULL */
+    char *identity_token; /* an OAuth2 refresh token (az acr login's), or NULL; never with basic */
     int retries;
     pthread_mutex_t lock;
     char *auth; /* the Authorization header to send, or NULL */
@@ -169,13 +171,15 @@ static void response_reset(struct response *r)
     r->fn_rc = 0;
 }
 
-/* One GET with retries on connection errors and 5xx; returns the status (>= 100) or a negative code. A
- * streamed body cut after some bytes went to fn is resumed with Range, so that fn sees each byte once. auth:
- * the Authorization header value or NULL. */
+/* One GET (a POST of form, application/x-www-form-urlencoded, when form is not NULL) with retries on
+ * connection errors and 5xx; returns the status (>= 100) or a negative code. A streamed body cut after some
+ * bytes went to fn is resumed with Range, so that fn sees each byte once. auth: the Authorization header
+ * value or NULL. */
 static long http_get(struct registry_source *s, const char *url, const char *accept, const char *auth,
-                     struct response *r, struct vs_error *err)
+                     const char *form, struct response *r, struct vs_error *err)
 {
     long code = 0;
+    const char *method = form ? "POST" : "GET";
     /* A redirect may go to another host (blob stores) but never from https down to http. */
     bool https = strncasecmp(url, "https:", 6) == 0;
     for (int attempt = 0;; attempt++) {
@@ -191,6 +195,8 @@ static long http_get(struct registry_source *s, const char *url, const char *acc
             h = curl_slist_append(h, accept);
         if (auth && asprintf(&authh, "Authorization: %s", auth) >= 0)
             h = curl_slist_append(h, authh);
+        if (form)
+            h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
         if (r->fn && r->delivered) {
             r->range_from = r->delivered;
             snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-", r->range_from);
@@ -198,6 +204,11 @@ static long http_get(struct registry_source *s, const char *url, const char *acc
         }
         curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        if (form) {
+            /* Not copied by curl: the caller wipes the one copy of the token in it. */
+            curl_easy_setopt(c, CURLOPT_POSTFIELDS, form);
+            curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(form));
+        }
         curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
         curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
         curl_easy_setopt(c, CURLOPT_USERAGENT, "veritysnap/" VS_VERSION);
@@ -235,8 +246,8 @@ static long http_get(struct registry_source *s, const char *url, const char *acc
         }
         if (cc == CURLE_UNSUPPORTED_PROTOCOL && where && strcmp(where, url) != 0) {
             /* A refused redirect: retrying would be refused again. */
-            int rc = vs_fail(err, -EIO, "registry '%s': GET %s was redirected to %s, which is refused (%s)",
-                             s->host, url, where,
+            int rc = vs_fail(err, -EIO, "registry '%s': %s %s was redirected to %s, which is refused (%s)",
+                             s->host, method, url, where,
                              https ? "a redirect from https must stay on https" : curl_easy_strerror(cc));
             free(where);
             return rc;
@@ -245,10 +256,11 @@ static long http_get(struct registry_source *s, const char *url, const char *acc
         bool retry = (cc != CURLE_OK || code >= 500) && attempt < s->retries;
         if (!retry) {
             if (cc != CURLE_OK && r->delivered)
-                return vs_fail(err, -EIO, "registry '%s': GET %s: %s (after %" PRIu64 " bytes of the body)",
-                               s->host, url, curl_easy_strerror(cc), r->delivered);
+                return vs_fail(err, -EIO, "registry '%s': %s %s: %s (after %" PRIu64 " bytes of the body)",
+                               s->host, method, url, curl_easy_strerror(cc), r->delivered);
             if (cc != CURLE_OK)
-                return vs_fail(err, -EIO, "registry '%s': GET %s: %s", s->host, url, curl_easy_strerror(cc));
+                return vs_fail(err, -EIO, "registry '%s': %s %s: %s", s->host, method, url,
+                               curl_easy_strerror(cc));
             return code;
         }
         struct timespec ts = {0, (long)(100000000L << (attempt < 4 ? attempt : 4))};
@@ -284,8 +296,32 @@ static char *url_escape(const char *s)
 {
     char *e = curl_easy_escape(NULL, s, 0);
     char *out = e ? strdup(e) : NULL;
+    if (e)
+        explicit_bzero(e, strlen(e)); /* it may be a token */
     curl_free(e);
     return out;
+}
+
+static void wipe_free(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+/* The OAuth2 refresh-token grant of the distribution token spec, as docker sends it (client_id names the
+ * client); NULL when out of memory. The caller wipes it: it holds the identity token. */
+static char *refresh_token_form(const char *service, const char *scope, const char *identity_token)
+{
+    char *es = url_escape(scope), *esv = url_escape(service ? service : ""), *et = url_escape(identity_token);
+    char *form = NULL;
+    if (es && esv && et &&
+        asprintf(&form, "grant_type=refresh_token&service=%s&scope=%s&client_id=veritysnap&refresh_token=%s",
+                 esv, es, et) < 0)
+        form = NULL;
+    free(es), free(esv), wipe_free(et);
+    return form;
 }
 
 /* Answers a 401's challenge: fetches a bearer token, or uses basic credentials. Sets s->auth. */
@@ -302,7 +338,12 @@ static int authenticate(struct registry_source *s, const char *challenge, const 
     if (!challenge) {
         rc = vs_fail(err, -EACCES, "registry '%s' refused access without a challenge", s->host);
     } else if (strncasecmp(challenge, "Basic", 5) == 0) {
-        if (!s->basic)
+        if (!s->basic && s->identity_token)
+            rc = vs_fail(err, -EACCES,
+                         "registry '%s' wants a username and password, and an identity token is only "
+                         "traded at a bearer token endpoint (--username/--password-stdin)",
+                         s->host);
+        else if (!s->basic)
             rc = vs_fail(err, -EACCES,
                          "registry '%s' wants a username and password (--username/--password-stdin, "
                          "docker login or --authfile)",
@@ -324,26 +365,38 @@ static int authenticate(struct registry_source *s, const char *challenge, const 
         char *want_scope = NULL;
         if (!scope && asprintf(&want_scope, "repository:%s:pull", s->repo) < 0)
             want_scope = NULL;
-        char *es = url_escape(scope ? scope : want_scope ? want_scope : "");
+        const char *use_scope = scope ? scope : want_scope ? want_scope : "";
+        char *es = url_escape(use_scope);
         char *esv = service ? url_escape(service) : NULL;
         char *url = NULL;
+        char *form = NULL;
         if (!realm) {
             rc = vs_fail(err, -EACCES, "registry '%s': bearer challenge without a realm", s->host);
+        } else if (s->identity_token) {
+            /* The refresh-token grant posts service and scope in the form, not the query. */
+            url = strdup(realm);
+            form = refresh_token_form(service, use_scope, s->identity_token);
+            if (!url || !form)
+                rc = vs_fail(err, -ENOMEM, "out of memory");
         } else if (asprintf(&url, "%s%sscope=%s%s%s", realm, strchr(realm, '?') ? "&" : "?", es ? es : "",
                             esv ? "&service=" : "", esv ? esv : "") < 0) {
+            url = NULL;
             rc = vs_fail(err, -ENOMEM, "out of memory");
-        } else {
+        }
+        if (rc == 0) {
             char *basic = NULL;
             if (s->basic && asprintf(&basic, "Basic %s", s->basic) < 0)
                 basic = NULL;
             struct response r = {.s = s, .err = err, .body_max = 1 << 20};
-            long code = http_get(s, url, NULL, basic, &r, err);
-            if (basic) {
-                explicit_bzero(basic, strlen(basic));
-                free(basic);
-            }
+            long code = http_get(s, url, NULL, basic, form, &r, err);
+            wipe_free(basic);
             if (code < 0) {
                 rc = (int)code;
+            } else if (s->identity_token && (code == 400 || code == 401 || code == 403)) {
+                rc = vs_fail(err, -EACCES,
+                             "the token endpoint of registry '%s' refused the identity token for repository "
+                             "'%s' (HTTP %ld: expired or revoked? log in again, e.g. az acr login)",
+                             s->host, s->repo, code);
             } else if (code == 401 || code == 403) {
                 rc = vs_fail(err, -EACCES,
                              "the token endpoint of registry '%s' refused %s for repository '%s' "
@@ -355,9 +408,11 @@ static int authenticate(struct registry_source *s, const char *challenge, const 
                              code);
             } else {
                 json_t *j = json_loadb(r.body ? r.body : "", r.body_len, 0, NULL);
-                const char *tok = json_string_value(json_object_get(j, "token"));
+                /* The GET answers token (access_token too, for OAuth2 clients); the POST access_token. */
+                const char *tok =
+                    json_string_value(json_object_get(j, s->identity_token ? "access_token" : "token"));
                 if (!tok)
-                    tok = json_string_value(json_object_get(j, "access_token"));
+                    tok = json_string_value(json_object_get(j, s->identity_token ? "token" : "access_token"));
                 if (!tok) {
                     rc = vs_fail(err, -EIO, "the token endpoint of registry '%s' gave no token", s->host);
                 } else if (failed_auth && strncmp(failed_auth, "Bearer ", 7) == 0 &&
@@ -375,6 +430,7 @@ static int authenticate(struct registry_source *s, const char *challenge, const 
                 explicit_bzero(r.body, r.body_len);
             response_reset(&r);
         }
+        wipe_free(form);
         free(realm), free(service), free(scope), free(want_scope), free(es), free(esv), free(url);
     } else {
         rc = vs_fail(err, -EACCES, "registry '%s': unsupported authentication scheme", s->host);
@@ -414,7 +470,7 @@ static int registry_get(struct registry_source *s, const char *path, const char 
     int rc = 0;
     for (int round = 0; round < 3; round++) {
         char *auth = current_auth(s);
-        long code = http_get(s, url, accept, auth, r, err);
+        long code = http_get(s, url, accept, auth, NULL, r, err);
         if (code == 401 && round < 2) {
             char *ch = r->www_auth ? strdup(r->www_auth) : NULL;
             rc = authenticate(s, ch, auth, err);
@@ -585,6 +641,7 @@ static void registry_free(struct image_source *base)
         explicit_bzero(s->basic, strlen(s->basic));
     if (s->auth)
         explicit_bzero(s->auth, strlen(s->auth));
+    wipe_free(s->identity_token);
     free(s->basic), free(s->auth), free(s->host), free(s->api_host), free(s->repo), free(s->tag),
         free(s->digest);
     free(s->scheme), free(s->ca_file), free(s->base.name);
@@ -668,7 +725,7 @@ int image_source_registry_open(const char *reference, const struct registry_opti
     if (opts->username && opts->password)
         s->basic = registry_basic_credentials(opts->username, opts->password);
     else
-        rc = registry_credentials_find(s->host, opts->authfile, &s->basic, err);
+        rc = registry_credentials_find(s->host, opts->authfile, &s->basic, &s->identity_token, err);
     if (rc < 0) {
         registry_free(&s->base);
         return rc;

@@ -1,7 +1,9 @@
 /* Registry credentials as docker and podman find them: docker's config.json (credHelpers[host], credsStore,
  * auths), then the containers auth.json of podman, skopeo and buildah (same shape). A credential helper runs
  * as docker runs it: `docker-credential-<name> get` from PATH, no shell, the server URL on stdin, JSON on
- * stdout, bounded in time and output. Secrets are wiped once encoded and never appear in messages. */
+ * stdout, bounded in time and output. An identity token (an OAuth2 refresh token: `az acr login` stores one,
+ * as auths.<host>.identitytoken or a helper's Username "<token>") is handed on as is, for the token endpoint.
+ * Secrets are wiped once encoded and never appear in messages. */
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -240,8 +242,9 @@ static bool helper_said_not_found(const struct helper_run *h)
            (h->errors.data && strstr(h->errors.data, HELPER_NOT_FOUND));
 }
 
-/* Turns a helper's JSON answer into basic credentials (NULL: none stored). */
-static int helper_answer(const struct helper_run *h, const char *host, char **basic, struct vs_error *err)
+/* Turns a helper's JSON answer into basic credentials or an identity token (both NULL: none stored). */
+static int helper_answer(const struct helper_run *h, const char *host, char **basic, char **identity_token,
+                         struct vs_error *err)
 {
     json_t *j = json_loadb(h->output.data ? h->output.data : "", h->output.len, 0, NULL);
     const char *user = json_string_value(json_object_get(j, "Username"));
@@ -250,13 +253,10 @@ static int helper_answer(const struct helper_run *h, const char *host, char **ba
     if (!j || !json_is_object(j))
         rc = vs_fail(err, -EIO, "registry '%s': credential helper %s did not answer with a JSON object", host,
                      h->program);
-    else if (user && strcmp(user, HELPER_TOKEN_USERNAME) == 0)
-        rc = vs_fail(
-            err, -EACCES,
-            "registry '%s': credential helper %s gave an identity token (Username \"<token>\"), which "
-            "veritysnap does not support: use --username/--password-stdin or an auth file",
-            host, h->program);
-    else if ((user && user[0]) || (secret && secret[0]))
+    else if (user && strcmp(user, HELPER_TOKEN_USERNAME) == 0) {
+        if (secret && secret[0] && !(*identity_token = strdup(secret)))
+            rc = vs_fail(err, -ENOMEM, "out of memory");
+    } else if ((user && user[0]) || (secret && secret[0]))
         *basic = registry_basic_credentials(user ? user : "", secret ? secret : "");
     json_decref(j);
     return rc;
@@ -270,7 +270,7 @@ static const char *helper_server_url(const char *host)
 
 /* Runs docker-credential-<name> get for host; origin says which setting chose it, for messages. */
 static int helper_credentials(const char *name, const char *host, const char *origin, char **basic,
-                              struct vs_error *err)
+                              char **identity_token, struct vs_error *err)
 {
     if (strchr(name, '/'))
         return vs_fail(err, -EINVAL, "registry '%s': credential helper name '%s' (%s) contains '/'", host,
@@ -306,7 +306,7 @@ static int helper_credentials(const char *name, const char *host, const char *or
         rc = vs_fail(err, -EIO, "registry '%s': credential helper %s (%s) failed with exit code %d%s%s", host,
                      program, origin, WEXITSTATUS(h.status), said[0] ? ": " : "", said);
     else
-        rc = helper_answer(&h, host, basic, err);
+        rc = helper_answer(&h, host, basic, identity_token, err);
     wipe_free(h.output.data, h.output.len);
     wipe_free(h.errors.data, h.errors.len);
     return rc;
@@ -342,8 +342,10 @@ static json_t *entry_for_host(json_t *object, const char *host)
     return NULL;
 }
 
-/* Basic credentials from an auths entry: "auth" (base64 of user:password) or "username"/"password". */
-static int auths_credentials(json_t *config, const char *host, const char *path, char **basic,
+/* Credentials from an auths entry: "identitytoken", else "auth" (base64 of user:password) or
+ * "username"/"password". The token comes first: docker login keeps "auth" (the user, no password) beside it.
+ */
+static int auths_credentials(json_t *config, const char *host, char **basic, char **identity_token,
                              struct vs_error *err)
 {
     json_t *v = entry_for_host(json_object_get(config, "auths"), host);
@@ -351,23 +353,23 @@ static int auths_credentials(json_t *config, const char *host, const char *path,
     const char *user = json_string_value(json_object_get(v, "username"));
     const char *pass = json_string_value(json_object_get(v, "password"));
     const char *token = json_string_value(json_object_get(v, "identitytoken"));
-    if (auth && auth[0])
+    if (token && token[0])
+        *identity_token = strdup(token);
+    else if (auth && auth[0])
         *basic = strdup(auth);
     else if (user && pass)
         *basic = registry_basic_credentials(user, pass);
-    else if (token && token[0])
-        return vs_fail(
-            err, -EACCES,
-            "registry '%s': '%s' holds an identity token for it, which veritysnap does not support: "
-            "use --username/--password-stdin",
-            host, path);
+    else
+        return 0;
+    if (!*identity_token && !*basic)
+        return vs_fail(err, -ENOMEM, "registry '%s': out of memory", host);
     return 0;
 }
 
 /* Credentials for host from one config file (docker's config.json or a containers auth.json):
  * credHelpers[host] > credsStore > auths, as docker decides. A missing file is none unless must_exist. */
 static int config_file_credentials(const char *path, const char *host, bool must_exist, char **basic,
-                                   struct vs_error *err)
+                                   char **identity_token, struct vs_error *err)
 {
     char *data;
     size_t len;
@@ -392,12 +394,12 @@ static int config_file_credentials(const char *path, const char *host, bool must
     char origin[1200];
     if (helper && helper[0]) {
         snprintf(origin, sizeof(origin), "credHelpers of %s", path);
-        rc = helper_credentials(helper, host, origin, basic, err);
+        rc = helper_credentials(helper, host, origin, basic, identity_token, err);
     } else if (store && store[0]) {
         snprintf(origin, sizeof(origin), "credsStore of %s", path);
-        rc = helper_credentials(store, host, origin, basic, err);
+        rc = helper_credentials(store, host, origin, basic, identity_token, err);
     } else {
-        rc = auths_credentials(j, host, path, basic, err);
+        rc = auths_credentials(j, host, basic, identity_token, err);
     }
     json_decref(j);
     return rc;
@@ -428,18 +430,20 @@ static char *containers_auth_path(void)
     return path;
 }
 
-int registry_credentials_find(const char *host, const char *authfile, char **basic, struct vs_error *err)
+int registry_credentials_find(const char *host, const char *authfile, char **basic, char **identity_token,
+                              struct vs_error *err)
 {
     *basic = NULL;
+    *identity_token = NULL;
     if (authfile)
-        return config_file_credentials(authfile, host, true, basic, err);
+        return config_file_credentials(authfile, host, true, basic, identity_token, err);
     char *docker = docker_config_path();
-    int rc = docker ? config_file_credentials(docker, host, false, basic, err) : 0;
+    int rc = docker ? config_file_credentials(docker, host, false, basic, identity_token, err) : 0;
     free(docker);
-    if (rc < 0 || *basic)
+    if (rc < 0 || *basic || *identity_token)
         return rc;
     char *containers = containers_auth_path();
-    rc = containers ? config_file_credentials(containers, host, false, basic, err) : 0;
+    rc = containers ? config_file_credentials(containers, host, false, basic, identity_token, err) : 0;
     free(containers);
     return rc;
 }

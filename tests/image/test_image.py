@@ -572,11 +572,37 @@ def test_registry_tls_basic(tmp):
 
 
 class TokenFront(http.server.BaseHTTPRequestHandler):
-    """A bearer-token registry front: /token hands out tokens for repository:<repo>:pull to alice, /v2/ needs one
-    and is proxied to the registry behind; blob requests are answered with a redirect, as registries on S3 do."""
+    """A bearer-token registry front: /token hands out tokens for repository:<repo>:pull to alice (GET with basic
+    auth) and, by the OAuth2 refresh-token grant of the distribution token spec (POST of a form), to the holder of
+    identity_token; /v2/ needs one and is proxied to the registry behind; blob requests are answered with a
+    redirect, as registries on S3 do. token_requests logs the GETs' queries (and their auth in token_auths),
+    token_posts the POSTs' forms."""
     upstream = None
     tokens = set()
     token_requests = []
+    token_auths = []
+    token_posts = []
+    identity_token = None
+    post_token_key = "access_token"  # what the POST answers the token as
+
+    def do_POST(self):
+        from urllib.parse import parse_qs
+        if not self.path.startswith("/token"):
+            return self.reply(405, b"{}")
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+        form = parse_qs(body, keep_blank_values=True)
+        TokenFront.token_posts.append(dict(form=form, content_type=self.headers.get("Content-Type"),
+                                           auth=self.headers.get("Authorization")))
+        one = {k: v[0] for k, v in form.items() if len(v) == 1}
+        if (self.headers.get("Content-Type") != "application/x-www-form-urlencoded" or
+                one.get("grant_type") != "refresh_token" or one.get("service") != "test-registry" or
+                not one.get("scope", "").startswith("repository:") or one.get("client_id") != "veritysnap"):
+            return self.reply(400, b'{"error":"invalid_request"}')
+        if one.get("refresh_token") != TokenFront.identity_token:
+            return self.reply(401, b'{"error":"invalid_grant"}')
+        tok = hashlib.sha256(f"{one['scope']}{time.time()}".encode()).hexdigest()
+        TokenFront.tokens.add(tok)
+        return self.reply(200, json.dumps({TokenFront.post_token_key: tok, "expires_in": 300}).encode())
 
     def log_message(self, *a):
         pass
@@ -588,6 +614,7 @@ class TokenFront(http.server.BaseHTTPRequestHandler):
             q = parse_qs(urlparse(self.path).query)
             TokenFront.token_requests.append(q)
             auth = self.headers.get("Authorization", "")
+            TokenFront.token_auths.append(auth)
             if auth != "Basic " + base64.b64encode(b"alice:tok-pw").decode():
                 return self.reply(401, b'{"details":"bad credentials"}')
             scope = q.get("scope", [""])[0]
@@ -646,6 +673,81 @@ def test_registry_bearer(tmp):
                 f"{front}/team/app:1", input=b"bad\n", check=False)
         assert p.returncode != 0 and b"refused the credentials" in p.stderr, p.stderr
     finally:
+        if srv:
+            srv.shutdown()
+        reg.stop()
+
+
+def test_registry_identity_token(tmp):
+    """An identity token (az acr login's: auths.<host>.identitytoken, or a helper's Username "<token>") is traded
+    at the realm by a form POST (grant_type=refresh_token, service, scope, client_id, refresh_token), never sent as
+    basic auth; a refused one is an error naming the registry, without the token."""
+    if not need("docker-registry", "skopeo"):
+        return SKIP
+    lay, amd, _ = registry_image(tmp)
+    reg = Registry(tmp)
+    srv = None
+    idt = "idt-" + hashlib.sha256(os.urandom(16)).hexdigest() + "+/="  # characters the form must encode
+    try:
+        reg.push(lay.path, "single", "team/app:1")
+        TokenFront.upstream = reg.addr
+        TokenFront.identity_token = idt
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenFront)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        front = f"127.0.0.1:{srv.server_address[1]}"
+        want = expected(lay.images[amd["digest"]], tmp=tmp)
+        h = CredHelper(tmp)
+
+        def roothash(env, check=True):
+            TokenFront.token_requests.clear(), TokenFront.token_auths.clear(), TokenFront.token_posts.clear()
+            p = run(VS, "image", "roothash", "--quiet", "--plain-http", f"{front}/team/app:1", env=env, check=check)
+            assert idt.encode() not in p.stdout + p.stderr and b"wrong-idt" not in p.stdout + p.stderr, p.stderr
+            return p
+
+        def check_posts():
+            posts = TokenFront.token_posts
+            assert posts, "no POST to the token endpoint"
+            for post in posts:
+                assert post["content_type"] == "application/x-www-form-urlencoded" and not post["auth"], post
+                assert post["form"] == {"grant_type": ["refresh_token"], "service": ["test-registry"],
+                                        "scope": ["repository:team/app:pull"], "client_id": ["veritysnap"],
+                                        "refresh_token": [idt]}, post["form"]
+            assert not any(a.startswith("Basic ") for a in TokenFront.token_auths), TokenFront.token_auths
+
+        # (1) docker login's config.json: "auth" with the user and no password beside "identitytoken"
+        zero = "00000000-0000-0000-0000-000000000000"
+        dc = write_config(f"{tmp}/dc1", {"auths": {front: {"auth": b64(zero, ""), "identitytoken": idt}}})
+        check_layers(json.loads(roothash(h.env(dc)).stdout), want)
+        check_posts()
+        # ... and a token endpoint that answers "token" rather than "access_token"
+        TokenFront.post_token_key = "token"
+        check_layers(json.loads(roothash(h.env(dc)).stdout), want)
+        check_posts()
+        TokenFront.post_token_key = "access_token"
+        # (2) a credential helper answering Username "<token>"
+        h.store({front: ["<token>", idt]})
+        dc = write_config(f"{tmp}/dc2", {"credHelpers": {front: "vstest"}})
+        check_layers(json.loads(roothash(h.env(dc)).stdout), want)
+        check_posts()
+        assert h.calls() == [f"docker-credential-vstest get {front}"], h.calls()
+        # (3) a wrong identity token, from the helper and from config.json: refused, naming the registry
+        h.store({front: ["<token>", "wrong-idt-from-helper"]})
+        p = roothash(h.env(dc), check=False)
+        msg = p.stderr.decode()
+        assert p.returncode == 2 and f"registry '{front}'" in msg and "refused the identity token" in msg, \
+            (p.returncode, msg)
+        assert TokenFront.token_posts and not TokenFront.token_requests, TokenFront.token_requests
+        dc = write_config(f"{tmp}/dc3", {"auths": {front: {"identitytoken": "wrong-idt-in-config"}}})
+        p = roothash(h.env(dc), check=False)
+        msg = p.stderr.decode()
+        assert p.returncode == 2 and f"registry '{front}'" in msg and "refused the identity token" in msg, \
+            (p.returncode, msg)
+        # username and password still use the GET with basic auth
+        p = run(VS, "image", "roothash", "--quiet", "--plain-http", "--username", "alice", "--password-stdin",
+                f"{front}/team/app:1", input=b"tok-pw\n", env=h.env(dc))
+        check_layers(json.loads(p.stdout), want)
+    finally:
+        TokenFront.identity_token = None
         if srv:
             srv.shutdown()
         reg.stop()
@@ -1057,11 +1159,11 @@ def test_registry_cred_helpers(tmp):
         dc = write_config(f"{tmp}/dc4", {"credHelpers": {reg.addr: "vstest"}})
         p = roothash_env(reg, h.env(dc), check=False)
         assert p.returncode == 2 and b"refused the credentials" in p.stderr, (p.returncode, p.stderr)
-        # an identity token is refused clearly
+        # an identity token is for a bearer token endpoint: a basic-auth registry is refused clearly
         h.store({reg.addr: ["<token>", "some-refresh-token"]})
         p = roothash_env(reg, h.env(dc), check=False)
-        assert p.returncode == 2 and b"identity token" in p.stderr and b"docker-credential-vstest" in p.stderr \
-            and b"some-refresh-token" not in p.stderr, p.stderr
+        assert p.returncode == 2 and b"identity token" in p.stderr and reg.addr.encode() in p.stderr \
+            and b"some-refresh-token" not in p.stdout + p.stderr, p.stderr
     finally:
         reg.stop()
 
@@ -1308,8 +1410,8 @@ def test_containerd(tmp):
 
 TESTS = [test_oci_layout, test_oci_archive, test_docker_archive, test_multi_platform, test_output_dir,
          test_corrupt_blob, test_diff_id_mismatch, test_media_types, test_layers_cache, test_registry_plain,
-         test_registry_tls_basic, test_registry_bearer, test_registry_cred_helpers, test_registry_creds_store,
-         test_registry_auth_file, test_registry_pull_authfile, test_registry_resume_range,
+         test_registry_tls_basic, test_registry_bearer, test_registry_identity_token, test_registry_cred_helpers,
+         test_registry_creds_store, test_registry_auth_file, test_registry_pull_authfile, test_registry_resume_range,
          test_registry_resume_no_range, test_registry_denied, test_registry_redirect_downgrade, test_progress,
          test_containerd]
 
