@@ -577,9 +577,8 @@ static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j
 
     pthread_mutex_lock(&s->lock);
     bool in_tx = false, renamed = false;
-    char rel[160], final[PATH_MAX + 160], src_side[PATH_MAX + 32], dst_side[PATH_MAX + 200];
-    rel[0] = final[0] = dst_side[0] = '\0';
-    snprintf(src_side, sizeof(src_side), "%s.dmverity", tmpfile);
+    char rel[160], final[PATH_MAX];
+    rel[0] = final[0] = '\0';
     if (rc == 0)
         rc = store_exec(s, "BEGIN IMMEDIATE", "starting a transaction", err);
     in_tx = rc == 0;
@@ -622,7 +621,6 @@ static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j
     if (rc == 0) {
         snprintf(rel, sizeof(rel), "layers/%lld-%.16s.erofs", (long long)id, diff_id + 7);
         snprintf(final, sizeof(final), "%s/%s", s->root, rel);
-        snprintf(dst_side, sizeof(dst_side), "%s.dmverity", final);
         rc = store_layer_insert(s,
                                 &(struct layer_record){.snapshot_id = id,
                                                        .path = rel,
@@ -635,24 +633,15 @@ static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j
                                                        .root_hex = root_hex},
                                 err);
     }
-    /* Into layers/ under the lock, so that a cleanup never sees the file without its row. */
-    if (rc == 0) {
-        if (rename(tmpfile, final) < 0)
-            rc = vs_fail(err, -errno, "renaming the layer file to '%s': %s", final, strerror(errno));
-        else if ((renamed = true) && res.verity && rename(src_side, dst_side) < 0)
-            rc = vs_fail(err, -errno, "renaming the sidecar to '%s': %s", dst_side, strerror(errno));
-        if (rc == 0)
-            rc = snap_sync_layers_dir(s, err);
-    }
+    if (rc == 0)
+        rc = snap_place_layer_file(s, tmpfile, final, res.verity, &renamed, err);
     if (rc == 0)
         rc = store_exec(s, "COMMIT", "committing", err);
     if (rc < 0) {
         if (in_tx)
             sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-        if (renamed) {
-            unlink(final);
-            unlink(dst_side);
-        }
+        if (renamed)
+            snap_unplace_layer_file(final);
     }
     pthread_mutex_unlock(&s->lock);
     if (rc == 0)

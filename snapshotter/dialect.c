@@ -473,16 +473,8 @@ int snapshotter_layer_install_tarfs(struct snapshotter *s, const char *key, cons
         vs_error_prefix(err, "tarfs conversion");
     if (rc == 0 && have)
         rc = 1; /* built meanwhile by another call: nothing to do */
-    if (rc == 0) {
-        if (rename(built_path, final) < 0) {
-            rc = vs_fail(err, -errno, "tarfs conversion of snapshot '%s': renaming to '%s': %s", key, final,
-                         strerror(errno));
-        } else {
-            renamed = true;
-            if ((rc = snap_sync_layers_dir(s, err)) < 0)
-                vs_error_prefix(err, "tarfs conversion of snapshot '%s'", key);
-        }
-    }
+    if (rc == 0 && (rc = snap_place_layer_file(s, built_path, final, false, &renamed, err)) < 0)
+        vs_error_prefix(err, "tarfs conversion of snapshot '%s'", key);
     if (rc == 0) {
         struct layer_record rec = {
             .snapshot_id = id,
@@ -503,7 +495,7 @@ int snapshotter_layer_install_tarfs(struct snapshotter *s, const char *key, cons
         if (in_tx)
             sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
         if (renamed)
-            unlink(final);
+            snap_unplace_layer_file(final);
     }
     pthread_mutex_unlock(&s->lock);
     if (rc == 0)

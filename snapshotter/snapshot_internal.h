@@ -72,6 +72,17 @@ int store_layer_by_snapshot(struct snapshotter *s, int64_t snapshot_id, struct l
  * that points at it commits. */
 int snap_sync_layers_dir(struct snapshotter *s, struct vs_error *err);
 
+/* Moves a finished layer file (and its <file>.dmverity when sidecar) from tmp to final in <root>/layers and
+ * syncs the directory. Called under the lock inside the transaction that records the file, so that a cleanup
+ * never sees the file without its row. *placed tells whether final exists now (snap_unplace_layer_file on
+ * rollback). */
+int snap_place_layer_file(struct snapshotter *s, const char *tmp, const char *final, bool sidecar,
+                          bool *placed, struct vs_error *err);
+
+/* Removes a layer file placed by snap_place_layer_file (and its sidecar, if any) after a rolled-back
+ * transaction. */
+void snap_unplace_layer_file(const char *final);
+
 /* A converted layer file to record: which snapshot, where, what format, from what source. */
 struct layer_record {
     int64_t snapshot_id;

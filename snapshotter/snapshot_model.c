@@ -751,6 +751,31 @@ int snap_sync_layers_dir(struct snapshotter *s, struct vs_error *err)
     return rc;
 }
 
+int snap_place_layer_file(struct snapshotter *s, const char *tmp, const char *final, bool sidecar,
+                          bool *placed, struct vs_error *err)
+{
+    *placed = false;
+    if (rename(tmp, final) < 0)
+        return vs_fail(err, -errno, "renaming the layer file to '%s': %s", final, strerror(errno));
+    *placed = true;
+    if (sidecar) {
+        char from[PATH_MAX + 16], to[PATH_MAX + 16];
+        snprintf(from, sizeof(from), "%s.dmverity", tmp);
+        snprintf(to, sizeof(to), "%s.dmverity", final);
+        if (rename(from, to) < 0)
+            return vs_fail(err, -errno, "renaming the sidecar to '%s': %s", to, strerror(errno));
+    }
+    return snap_sync_layers_dir(s, err);
+}
+
+void snap_unplace_layer_file(const char *final)
+{
+    char side[PATH_MAX + 16];
+    snprintf(side, sizeof(side), "%s.dmverity", final);
+    unlink(final);
+    unlink(side);
+}
+
 int snapshotter_prepare(struct snapshotter *s, const struct snapshot_call *call, const char *key,
                         const char *parent, const struct snapshot_label *labels, size_t label_count,
                         struct snapshot_mounts *out, struct vs_error *err)
@@ -865,11 +890,9 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     vs_hex_encode(res.image.diff_id, VS_SHA256_LEN, digest_hex);
     if (rc == 0 && res.verity)
         vs_hex_encode(res.layout.root_hash, res.layout.digest_size, root_hex);
-    char rel[128], final[PATH_MAX + 128], src_side[PATH_MAX + 32], dst_side[PATH_MAX + 160];
+    char rel[128], final[PATH_MAX];
     snprintf(rel, sizeof(rel), "layers/%lld-%.16s.erofs", (long long)row.id, digest_hex);
     snprintf(final, sizeof(final), "%s/%s", s->root, rel);
-    snprintf(src_side, sizeof(src_side), "%s.dmverity", tmpfile);
-    snprintf(dst_side, sizeof(dst_side), "%s.dmverity", final);
 
     pthread_mutex_lock(&s->lock);
     s->commits_in_flight--;
@@ -890,17 +913,8 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     }
     if (rc == 0 && (rc = key_exists(s, name, &exists, err)) == 0 && exists)
         rc = vs_fail(err, -EEXIST, "commit of snapshot '%s': snapshot '%s' already exists", key, name);
-    /* Into layers/ under the lock, so that a cleanup never sees the file without its row. */
-    if (rc == 0) {
-        if (rename(tmpfile, final) < 0)
-            rc = vs_fail(err, -errno, "commit of snapshot '%s': renaming the layer file to '%s': %s", key,
-                         final, strerror(errno));
-        else if ((renamed = true) && opts.verity && rename(src_side, dst_side) < 0)
-            rc = vs_fail(err, -errno, "commit of snapshot '%s': renaming the sidecar to '%s': %s", key,
-                         dst_side, strerror(errno));
-        if (rc == 0 && (rc = snap_sync_layers_dir(s, err)) < 0)
-            vs_error_prefix(err, "commit of snapshot '%s'", key);
-    }
+    if (rc == 0 && (rc = snap_place_layer_file(s, tmpfile, final, opts.verity, &renamed, err)) < 0)
+        vs_error_prefix(err, "commit of snapshot '%s'", key);
     int64_t now = snap_now_ns();
     sqlite3_stmt *st = NULL;
     if (rc == 0)
@@ -944,10 +958,8 @@ int snapshotter_commit(struct snapshotter *s, const struct snapshot_call *call, 
     if (rc < 0) {
         if (in_tx)
             sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-        if (renamed) {
-            unlink(final);
-            unlink(dst_side);
-        }
+        if (renamed)
+            snap_unplace_layer_file(final);
     } else {
         host_layers_sync(s, NULL); /* the active snapshot's parents may not be needed any more */
     }
