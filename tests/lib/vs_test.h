@@ -5,6 +5,7 @@
 #ifndef VERITYSNAP_TESTS_LIB_VS_TEST_H
 #define VERITYSNAP_TESTS_LIB_VS_TEST_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -86,6 +87,21 @@ static inline void vs_test_write_file(const char *dir, const char *name, const c
         fputs(text, f);
         fclose(f);
     }
+}
+
+/* Entries of dir other than "." and ".."; -1 when it cannot be opened. */
+static inline int vs_test_count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            n++;
+    closedir(d);
+    return n;
 }
 
 #endif

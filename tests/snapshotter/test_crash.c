@@ -349,20 +349,6 @@ static int mounts_under(const char *prefix, char (*points)[300], char (*types)[3
     return n;
 }
 
-static int count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return -1;
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)))
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-            n++;
-    closedir(d);
-    return n;
-}
-
 static struct snapshotter_config config(void)
 {
     bool dm = access("/dev/mapper/control", F_OK) == 0;
@@ -1026,7 +1012,7 @@ static void check_files_on_disk(sqlite3 *db, const int64_t *needed, int needed_c
     }
 
     snprintf(dir, sizeof(dir), "%s/tmp", root);
-    CHECK(count_entries(dir) == 0, "%s: tmp/ holds %d entries", when, count_entries(dir));
+    CHECK(vs_test_count_entries(dir) == 0, "%s: tmp/ holds %d entries", when, vs_test_count_entries(dir));
 
     /* Mounts under the root: each one layer's, at mnt/<layer id>, once, and needed by a listed snapshot. */
     static char points[256][300];
@@ -1293,8 +1279,8 @@ static void teardown_snapshots(void)
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
         char sub[400];
         snprintf(sub, sizeof(sub), "%s/%s", root, dirs[i]);
-        CHECK(count_entries(sub) == 0, "%s/ holds %d entries after removing every snapshot", dirs[i],
-              count_entries(sub));
+        CHECK(vs_test_count_entries(sub) == 0, "%s/ holds %d entries after removing every snapshot", dirs[i],
+              vs_test_count_entries(sub));
     }
     char prefix[400];
     snprintf(prefix, sizeof(prefix), "%s/", root);

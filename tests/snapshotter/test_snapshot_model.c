@@ -85,20 +85,6 @@ static bool mount_source(const char *mountpoint, char *out, size_t cap)
     return found;
 }
 
-static int count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return -1;
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)))
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-            n++;
-    closedir(d);
-    return n;
-}
-
 static const char *label(const struct snapshot_info *info, const char *key)
 {
     for (size_t i = 0; i < info->label_count; i++)
@@ -212,8 +198,8 @@ static void sequence(void)
     CHECK(snapshotter_stat(s, &call, "base", &si, &err) == -ENOENT, "the active key is gone after commit");
     char layers[600];
     snprintf(layers, sizeof(layers), "%s/layers", root);
-    CHECK(count_entries(layers) == 2, "layers/ holds the layer file and its sidecar: %d",
-          count_entries(layers));
+    CHECK(vs_test_count_entries(layers) == 2, "layers/ holds the layer file and its sidecar: %d",
+          vs_test_count_entries(layers));
 
     /* Child: an overlay on the base layer; a deletion becomes a whiteout, a recreated dir an opaque one. */
     rc = snapshotter_prepare(s, &call, "child", "base-c", gc, 1, &ms, &err);
@@ -405,10 +391,11 @@ static void sequence(void)
     rc = snapshotter_stat(s, &call, "broken", &si, &err);
     CHECK(rc == 0 && si.kind == SNAPSHOT_KIND_ACTIVE, "still active after a failed commit");
     snapshot_info_free(&si);
-    CHECK(count_entries(layers) == 4, "no layer file left by the failed commit: %d", count_entries(layers));
+    CHECK(vs_test_count_entries(layers) == 4, "no layer file left by the failed commit: %d",
+          vs_test_count_entries(layers));
     char tmp[600];
     snprintf(tmp, sizeof(tmp), "%s/tmp", root);
-    CHECK(count_entries(tmp) == 0, "tmp/ empty");
+    CHECK(vs_test_count_entries(tmp) == 0, "tmp/ empty");
     CHECK(snapshotter_remove(s, &call, "broken", &err) == 0, "remove broken: %s", err.message);
 
     /* Reopen: same snapshots, mounts adopted. */
@@ -440,8 +427,8 @@ static void sequence(void)
     vs_test_write_file(tmp, "commit-999-x", "junk");
     rc = snapshotter_open(&cfg, &s, &err);
     REQUIRE(rc == 0, "reopen with orphans: %s", err.message);
-    CHECK(count_entries(layers) == 4, "orphan layer file removed: %d", count_entries(layers));
-    CHECK(count_entries(tmp) == 0, "tmp/ emptied on open");
+    CHECK(vs_test_count_entries(layers) == 4, "orphan layer file removed: %d", vs_test_count_entries(layers));
+    CHECK(vs_test_count_entries(tmp) == 0, "tmp/ emptied on open");
     snprintf(junk, sizeof(junk), "%s/snapshots/999", root);
     CHECK(access(junk, F_OK) != 0, "orphan snapshot dir removed");
     rc = snapshotter_stat(s, &call, "base-c", &si, &err);
@@ -483,7 +470,7 @@ static void sequence(void)
     static const char *const dirs[] = {"snapshots", "layers", "mnt", "tmp"};
     for (size_t i = 0; i < 4; i++) {
         snprintf(sub, sizeof(sub), "%s/%s", root, dirs[i]);
-        CHECK(count_entries(sub) == 0, "%s/ is empty: %d", dirs[i], count_entries(sub));
+        CHECK(vs_test_count_entries(sub) == 0, "%s/ is empty: %d", dirs[i], vs_test_count_entries(sub));
     }
     char prefix[600];
     snprintf(prefix, sizeof(prefix), "%s/", root);
