@@ -592,27 +592,8 @@ static int convert_and_commit(struct snapshotter *s, const struct prepare_job *j
         if (rc == 0 && j->parent[0] && pid != j->parent_id)
             rc = vs_fail(err, -ENOENT, "parent '%s' was replaced during the conversion", j->parent);
     }
-    if (rc == 0) {
-        sqlite3_stmt *st;
-        int64_t now = snap_now_ns();
-        rc = store_prepare(
-            s, &st,
-            "INSERT INTO snapshots (key, kind, parent_id, created_ns, updated_ns) VALUES (?, 3, ?, ?, ?)",
-            err);
-        if (rc == 0) {
-            sqlite3_bind_text(st, 1, committed, -1, SQLITE_STATIC);
-            if (j->parent_id)
-                sqlite3_bind_int64(st, 2, j->parent_id);
-            else
-                sqlite3_bind_null(st, 2);
-            sqlite3_bind_int64(st, 3, now);
-            sqlite3_bind_int64(st, 4, now);
-            if (sqlite3_step(st) != SQLITE_DONE)
-                rc = store_fail(s, err, "recording snapshot '%s'", committed);
-            sqlite3_finalize(st);
-            id = sqlite3_last_insert_rowid(s->db);
-        }
-    }
+    if (rc == 0)
+        rc = store_snapshot_insert(s, committed, SNAPSHOT_KIND_COMMITTED, j->parent_id, &id, err);
     for (size_t i = 0; rc == 0 && i < label_count; i++)
         if (labels[i].value && labels[i].value[0])
             rc = put_label(s, id, labels[i].key, labels[i].value, err);

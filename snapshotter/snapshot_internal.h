@@ -96,6 +96,11 @@ struct layer_record {
     const char *root_hex; /* "" without verity */
 };
 
+/* Inserts a snapshots row of the given kind (parent_id 0: none) created and updated now, inside the caller's
+ * transaction; *id is its row id. Fails naming the key. */
+int store_snapshot_insert(struct snapshotter *s, const char *key, int kind, int64_t parent_id, int64_t *id,
+                          struct vs_error *err);
+
 /* Inserts a layers row (inside the caller's transaction); fails naming the path. */
 int store_layer_insert(struct snapshotter *s, const struct layer_record *rec, struct vs_error *err);
 

@@ -665,27 +665,8 @@ static int create_snapshot(struct snapshotter *s, enum snapshot_dialect dialect,
             rc = vs_fail(err, -EINVAL, "snapshot '%s': parent '%s' is not committed (it is %s)", key, parent,
                          snap_kind_name(prow.kind) ? snap_kind_name(prow.kind) : "unknown");
     }
-    int64_t now = snap_now_ns();
-    sqlite3_stmt *st = NULL;
     if (rc == 0)
-        rc = store_prepare(
-            s, &st,
-            "INSERT INTO snapshots (key, kind, parent_id, created_ns, updated_ns) VALUES (?, ?, ?, ?, ?)",
-            err);
-    if (rc == 0) {
-        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-        sqlite3_bind_int(st, 2, kind);
-        if (prow.id)
-            sqlite3_bind_int64(st, 3, prow.id);
-        else
-            sqlite3_bind_null(st, 3);
-        sqlite3_bind_int64(st, 4, now);
-        sqlite3_bind_int64(st, 5, now);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = store_fail(s, err, "snapshot '%s': recording it", key);
-    }
-    sqlite3_finalize(st);
-    row.id = sqlite3_last_insert_rowid(s->db);
+        rc = store_snapshot_insert(s, key, kind, prow.id, &row.id, err);
     row.kind = kind;
     row.parent_id = prow.id;
     row.key = (char *)key;

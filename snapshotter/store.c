@@ -278,6 +278,31 @@ int64_t snap_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+int store_snapshot_insert(struct snapshotter *s, const char *key, int kind, int64_t parent_id, int64_t *id,
+                          struct vs_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = store_prepare(
+        s, &st, "INSERT INTO snapshots (key, kind, parent_id, created_ns, updated_ns) VALUES (?, ?, ?, ?, ?)", err);
+    if (rc < 0)
+        return rc;
+    int64_t now = snap_now_ns();
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, kind);
+    if (parent_id)
+        sqlite3_bind_int64(st, 3, parent_id);
+    else
+        sqlite3_bind_null(st, 3);
+    sqlite3_bind_int64(st, 4, now);
+    sqlite3_bind_int64(st, 5, now);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = store_fail(s, err, "snapshot '%s': recording it", key);
+    sqlite3_finalize(st);
+    if (rc == 0)
+        *id = sqlite3_last_insert_rowid(s->db);
+    return rc;
+}
+
 int store_layer_insert(struct snapshotter *s, const struct layer_record *rec, struct vs_error *err)
 {
     sqlite3_stmt *st;
